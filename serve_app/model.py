@@ -1,0 +1,168 @@
+"""The model deployment: load once, batch concurrent requests, generate, encode in parallel."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ray import serve
+
+from serve_app.config import BatchConfig, ModelSettings
+from serve_app.schemas import GenerateRequest
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass
+class Job:
+    """One request inside the model replica."""
+
+    request: GenerateRequest
+    seeds: list[int]
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class JobResult:
+    images: list = field(default_factory=list)  # uint8 arrays
+    batch_size: int = 0
+    started: float = 0.0
+    inference_s: float = 0.0
+    truncated: bool = False
+    error: BaseException | None = None
+
+
+def _group_key(request: GenerateRequest) -> tuple:
+    # Only images of one size, step count and guidance can share a pipeline call.
+    return (request.width, request.height, request.num_inference_steps, request.guidance_scale)
+
+
+@serve.deployment(health_check_period_s=5, health_check_timeout_s=30)
+class SDTurboModel:
+    def __init__(self, settings: ModelSettings):
+        from serve_app import pipeline
+
+        self._pipeline = pipeline
+        self.settings = settings
+        self.max_batch_size = BatchConfig().max_batch_size
+        start = time.perf_counter()
+        device = pipeline.resolve_device(settings.device)
+        dtype = pipeline.resolve_dtype(settings.dtype, device)
+        self.pipe = pipeline.load_pipeline(settings.model, device, dtype)
+        loaded = time.perf_counter()
+        self.pipe = pipeline.optimize(self.pipe, settings)
+        warm_s = pipeline.warmup(self.pipe, settings.warmup_sizes, [1])
+        logger.info(
+            "model %s ready on %s/%s: weights %.1fs, optimise+warm-up %.1fs",
+            settings.model,
+            device,
+            dtype,
+            loaded - start,
+            warm_s,
+        )
+        # Encoding runs in threads (Pillow releases the GIL), in parallel across a batch.
+        self._encoder = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))
+
+    def reconfigure(self, user_config: dict) -> None:
+        config = BatchConfig.model_validate(user_config or {})
+        self.max_batch_size = config.max_batch_size
+        self._run_batch.set_max_batch_size(config.max_batch_size)
+        self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+
+    def info(self) -> dict:
+        return {"model": self.settings.model, "max_batch_size": self.max_batch_size}
+
+    async def generate(self, request: GenerateRequest) -> dict:
+        base = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        job = Job(request, [(base + i) % 2**32 for i in range(request.num_images)])
+        result: JobResult = await self._run_batch(job)
+        if result.error is not None:
+            raise result.error
+        loop = asyncio.get_running_loop()
+        encode_start = time.perf_counter()
+        encoded = await asyncio.gather(
+            *(
+                loop.run_in_executor(
+                    self._encoder, self._pipeline.encode, image, request.output_format
+                )
+                for image in result.images
+            )
+        )
+        warnings = []
+        if result.truncated:
+            limit = self.pipe.tokenizer.model_max_length
+            warnings.append(f"prompt was truncated to the text encoder's {limit} tokens")
+        if request.negative_prompt and request.guidance_scale <= 1.0:
+            warnings.append("negative_prompt is ignored unless guidance_scale > 1")
+        return {
+            "images": list(encoded),
+            "seeds": job.seeds,
+            "model": self.settings.model,
+            "warnings": warnings,
+            "timings": {
+                "queue_ms": (result.started - job.arrived) * 1000,
+                "inference_ms": result.inference_s * 1000,
+                "encode_ms": (time.perf_counter() - encode_start) * 1000,
+                "batch_size": result.batch_size,
+            },
+        }
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _run_batch(self, jobs: list[Job]) -> list[JobResult]:
+        results = {id(job): JobResult() for job in jobs}
+        groups: dict[tuple, list[Job]] = defaultdict(list)
+        for job in jobs:
+            groups[_group_key(job.request)].append(job)
+        for group in groups.values():
+            for chunk in self._chunks(group):
+                # The pipeline runs in a thread: the replica's event loop keeps taking requests.
+                await asyncio.to_thread(self._run_chunk, chunk, results)
+        return [results[id(job)] for job in jobs]
+
+    def _chunks(self, group: list[Job]) -> list[list[Job]]:
+        """Split a group so no pipeline call exceeds max_batch_size images."""
+        chunks, current, images = [], [], 0
+        for job in group:
+            if current and images + len(job.seeds) > self.max_batch_size:
+                chunks.append(current)
+                current, images = [], 0
+            current.append(job)
+            images += len(job.seeds)
+        return [*chunks, current] if current else chunks
+
+    def _run_chunk(self, jobs: list[Job], results: dict[int, JobResult]) -> None:
+        first = jobs[0].request
+        batch = self._pipeline.ImageBatch(
+            prompts=[job.request.prompt for job in jobs for _ in job.seeds],
+            negative_prompts=[job.request.negative_prompt or "" for job in jobs for _ in job.seeds],
+            seeds=[seed for job in jobs for seed in job.seeds],
+            width=first.width,
+            height=first.height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+        )
+        started = time.perf_counter()
+        try:
+            truncated = self._pipeline.truncated_prompts(
+                self.pipe, [job.request.prompt for job in jobs]
+            )
+            images = self._pipeline.generate(self.pipe, batch)
+        except Exception as exc:
+            logger.exception("pipeline call of %d images failed", len(batch.seeds))
+            for job in jobs:
+                results[id(job)].error = exc
+            return
+        elapsed = time.perf_counter() - started
+        offset = 0
+        for job, cut in zip(jobs, truncated, strict=True):
+            result = results[id(job)]
+            result.images = list(images[offset : offset + len(job.seeds)])
+            result.batch_size = len(batch.seeds)
+            result.started, result.inference_s, result.truncated = started, elapsed, cut
+            offset += len(job.seeds)

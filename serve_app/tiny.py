@@ -1,0 +1,119 @@
+"""A tiny, random-weight pipeline of SD-Turbo's architecture family.
+
+Built seeded in code, saved with ``save_pretrained`` and loaded back through the same
+``from_pretrained`` call that loads ``stabilityai/sd-turbo``: no download, images are noise, but
+shapes, dtypes, batching and timings behave like the real model at small scale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+TINY_MODEL = "tiny"
+# Bump when the architecture below changes, so a cached copy is rebuilt.
+TINY_VERSION = "1"
+
+
+def default_cache_dir() -> Path:
+    root = os.environ.get("SDTURBO_CACHE") or Path.home() / ".cache" / "sdturbo"
+    return Path(root) / f"tiny-v{TINY_VERSION}"
+
+
+def _byte_level_vocab() -> dict[str, int]:
+    # CLIP's tokenizer is byte-level BPE: every byte has a printable stand-in, alone and as a
+    # word end ("</w>"). With no merges every word is spelled out byte by byte.
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    chars = sorted(ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
+    return {token: i for i, token in enumerate(tokens)}
+
+
+def build_tiny_pipeline(seed: int = 0):
+    """Return a seeded random-weight ``StableDiffusionPipeline`` shaped like SD-Turbo."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab = _byte_level_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab["<|startoftext|>"],
+            eos_token_id=vocab["<|endoftext|>"],
+            pad_token_id=vocab["<|endoftext|>"],
+        )
+    )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    # Four blocks give the VAE the real scale factor 8: a 512x512 image is a 64x64 latent.
+    vae = AutoencoderKL(
+        block_out_channels=(4, 4, 8, 8),
+        layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=512,
+    )
+    # SD-Turbo's scheduler: Euler with trailing timestep spacing (model card / scheduler_config).
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        timestep_spacing="trailing",
+        prediction_type="epsilon",
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def ensure_tiny_model(folder: Path | None = None) -> Path:
+    """Build and save the tiny model once; return the folder ``from_pretrained`` loads."""
+    folder = Path(folder) if folder else default_cache_dir()
+    if (folder / "model_index.json").is_file():
+        return folder
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    build_tiny_pipeline().save_pretrained(staging)
+    (staging / "TINY_MODEL.json").write_text(json.dumps({"version": TINY_VERSION}))
+    try:
+        staging.rename(folder)  # atomic: concurrent replicas never see half a model
+    except OSError:
+        if not (folder / "model_index.json").is_file():
+            raise
+    return folder

@@ -1,0 +1,65 @@
+"""The diffusers side on the tiny model: the real from_pretrained path, seeds, prompts, encoding."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve_app import pipeline
+from serve_app.pipeline import ImageBatch
+
+
+def batch(seeds, prompts=None, size=64, steps=1):
+    prompts = prompts or ["a red fox"] * len(seeds)
+    return ImageBatch(prompts, [""] * len(seeds), seeds, size, size, steps, 0.0)
+
+
+def assert_same_pixels(a: np.ndarray, b: np.ndarray) -> None:
+    # Batched float32 convolutions may round differently from single ones: allow an off-by-one
+    # in a handful of pixels, nothing more.
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1, f"pixels differ by up to {diff.max()}"
+    assert (diff > 0).mean() < 1e-3
+
+
+def test_tiny_model_is_a_diffusers_folder_of_sd_turbo_shape(tiny_model_dir, tiny_pipe):
+    index = json.loads((tiny_model_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert type(tiny_pipe).__name__ == "StableDiffusionPipeline"
+    assert tiny_pipe.vae_scale_factor == 8  # as SD-Turbo's VAE: 512 px -> 64 latent
+    assert tiny_pipe.scheduler.config.timestep_spacing == "trailing"
+
+
+def test_generate_returns_uint8_images_of_the_requested_size(tiny_pipe):
+    images = pipeline.generate(tiny_pipe, ImageBatch(["a"], [""], [1], 96, 64, 2, 0.0))
+    assert images.shape == (1, 64, 96, 3)
+    assert images.dtype == np.uint8
+    assert images.std() > 1  # noise, not a blank image
+
+
+def test_same_seed_same_pixels_alone_or_in_a_batch(tiny_pipe):
+    alone = pipeline.generate(tiny_pipe, batch([7]))[0]
+    batched = pipeline.generate(tiny_pipe, batch([3, 7, 11], ["x", "a red fox", "y"]))
+    assert_same_pixels(alone, batched[1])
+    assert np.abs(batched[0].astype(int) - batched[1].astype(int)).mean() > 5  # seeds matter
+
+
+def test_long_prompts_are_flagged_as_truncated(tiny_pipe):
+    assert pipeline.truncated_prompts(tiny_pipe, ["short", "word " * 100]) == [False, True]
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_encode_decodes_back_to_the_image_size(fmt):
+    image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(pipeline.encode(image, fmt)))
+    assert decoded.format == fmt.upper()
+    assert decoded.size == (80, 48)
+    if fmt == "png":  # lossless
+        assert np.array_equal(np.asarray(decoded), image)
+
+
+def test_a_folder_without_a_pipeline_is_refused(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
+        pipeline.resolve_model_path(str(tmp_path))
