@@ -33,14 +33,14 @@ def serve_command(args: argparse.Namespace) -> int:
     app_args = AppArgs.model_validate({"model": args.model or default_model(), **dict(args.set)})
     # address="local": always a fresh single-node cluster for this container, never another one.
     ray.init(address="local", include_dashboard=False, log_to_driver=True)
+    stop = threading.Event()
+    # SageMaker sends SIGTERM, then SIGKILL 30 s later: drain in-flight requests, then exit.
+    # Installed after ray.init (which sets its own exit-at-once handler), before the app starts.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build_app(app_args), name="sdturbo", route_prefix="/")
     logger.info("serving %s on %s:%d", app_args.model, args.host, args.port)
-
-    stop = threading.Event()
-    # SageMaker sends SIGTERM, then SIGKILL 30 s later: drain in-flight requests, then exit.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     logger.info("shutting down: draining in-flight requests")
     serve.shutdown()

@@ -17,8 +17,10 @@ class BatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(8, ge=1, le=64, description="Most images in one pipeline call.")
+    # Ray Serve (2.60, batching.py) forms the next batch while the current one runs, so under
+    # load a batch holds about arrival rate x this wait: keep it near one batch's run time.
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0.0, le=1.0, description="How long a batch waits to fill after its first request."
+        0.05, ge=0.0, le=1.0, description="How long a batch waits to fill after its first request."
     )
 
 

@@ -21,6 +21,7 @@ from serve_app.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    InvalidRequest,
     PingResponse,
 )
 
@@ -164,6 +165,8 @@ class Ingress:
             raise ApiError(
                 504, "timeout", f"not done within {self.request_timeout_s:g} s"
             ) from None
+        except InvalidRequest as exc:
+            raise ApiError(422, "validation_error", str(getattr(exc, "cause", exc))) from None
         except BackPressureError:
             raise ApiError(
                 503,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ray import serve
 
 from serve_app.config import BatchConfig, ModelSettings
-from serve_app.schemas import GenerateRequest
+from serve_app.schemas import GenerateRequest, InvalidRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -41,6 +41,10 @@ class JobResult:
 def _group_key(request: GenerateRequest) -> tuple:
     # Only images of one size, step count and guidance can share a pipeline call.
     return (request.width, request.height, request.num_inference_steps, request.guidance_scale)
+
+
+def _images_in(jobs: list[Job]) -> int:
+    return sum(len(job.seeds) for job in jobs)
 
 
 @serve.deployment(health_check_period_s=5, health_check_timeout_s=30)
@@ -79,6 +83,11 @@ class SDTurboModel:
         return {"model": self.settings.model, "max_batch_size": self.max_batch_size}
 
     async def generate(self, request: GenerateRequest) -> dict:
+        if request.num_images > self.max_batch_size:
+            raise InvalidRequest(
+                f"num_images={request.num_images} exceeds this server's max_batch_size "
+                f"({self.max_batch_size})"
+            )
         base = request.seed if request.seed is not None else secrets.randbelow(2**31)
         job = Job(request, [(base + i) % 2**32 for i in range(request.num_images)])
         result: JobResult = await self._run_batch(job)
@@ -113,28 +122,17 @@ class SDTurboModel:
             },
         }
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    # Batches are counted in images, not requests: a request for 4 images fills 4 slots.
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05, batch_size_fn=_images_in)
     async def _run_batch(self, jobs: list[Job]) -> list[JobResult]:
         results = {id(job): JobResult() for job in jobs}
         groups: dict[tuple, list[Job]] = defaultdict(list)
         for job in jobs:
             groups[_group_key(job.request)].append(job)
         for group in groups.values():
-            for chunk in self._chunks(group):
-                # The pipeline runs in a thread: the replica's event loop keeps taking requests.
-                await asyncio.to_thread(self._run_chunk, chunk, results)
+            # The pipeline runs in a thread: the replica's event loop keeps taking requests.
+            await asyncio.to_thread(self._run_chunk, group, results)
         return [results[id(job)] for job in jobs]
-
-    def _chunks(self, group: list[Job]) -> list[list[Job]]:
-        """Split a group so no pipeline call exceeds max_batch_size images."""
-        chunks, current, images = [], [], 0
-        for job in group:
-            if current and images + len(job.seeds) > self.max_batch_size:
-                chunks.append(current)
-                current, images = [], 0
-            current.append(job)
-            images += len(job.seeds)
-        return [*chunks, current] if current else chunks
 
     def _run_chunk(self, jobs: list[Job], results: dict[int, JobResult]) -> None:
         first = jobs[0].request

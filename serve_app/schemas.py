@@ -11,6 +11,10 @@ MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp":
 MAX_PROMPT_CHARS = 2000
 
 
+class InvalidRequest(ValueError):
+    """A request that is valid alone but that this server's configuration cannot take."""
+
+
 class GenerateRequest(BaseModel):
     """One text-to-image request."""
 

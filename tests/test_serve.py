@@ -9,6 +9,7 @@ import pytest
 import requests
 from PIL import Image
 
+from tests.conftest import TEST_APP_ARGS
 from tests.test_pipeline import assert_same_pixels
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -91,15 +92,7 @@ def test_requests_of_different_sizes_are_grouped_not_mixed(server):
 def test_max_batch_size_changes_at_run_time_through_user_config(server):
     from ray import serve
 
-    from serve_app.config import BatchConfig
-
     model = serve.get_deployment_handle("SDTurboModel", app_name="default")
-    status = serve.status().applications["default"].deployments["SDTurboModel"]
-    assert status.status == "HEALTHY"
-    # Same as `serve deploy` with a changed user_config: reconfigure(), no replica restart.
-    from tests.conftest import TEST_APP_ARGS, start_app  # noqa: F401 - documents the defaults
-
-    serve.get_app_handle("default")  # the app is up
     replica_before = model.info.remote().result()
     assert replica_before["max_batch_size"] == 8
     _redeploy_batch_size(1)
@@ -108,8 +101,11 @@ def test_max_batch_size_changes_at_run_time_through_user_config(server):
         sizes = [r.json()["timings"]["batch_size"] for r in concurrently(server, payloads)]
         assert sizes == [1] * 6
         assert model.info.remote().result()["max_batch_size"] == 1
+        too_many = server.predict(width=64, height=64, num_images=2)
+        assert too_many.status_code == 422
+        assert "max_batch_size" in too_many.json()["error"]["message"]
     finally:
-        _redeploy_batch_size(BatchConfig().max_batch_size)
+        _redeploy_batch_size(TEST_APP_ARGS["max_batch_size"])
 
 
 def _redeploy_batch_size(size: int) -> None:
@@ -117,7 +113,6 @@ def _redeploy_batch_size(size: int) -> None:
 
     from serve_app import build_app
     from serve_app.config import AppArgs
-    from tests.conftest import TEST_APP_ARGS
 
     serve.run(build_app(AppArgs(**{**TEST_APP_ARGS, "max_batch_size": size})))
 
