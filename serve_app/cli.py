@@ -13,6 +13,8 @@ from pathlib import Path
 from serve_app.config import DEFAULT_MODEL
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
+# SageMaker kills the container 30 s after SIGTERM; leave time for Ray to stop after draining.
+DRAIN_TIMEOUT_S = 20.0
 logger = logging.getLogger("sdturbo")
 
 
@@ -42,7 +44,10 @@ def serve_command(args: argparse.Namespace) -> int:
     serve.run(build_app(app_args), name="sdturbo", route_prefix="/")
     logger.info("serving %s on %s:%d", app_args.model, args.host, args.port)
     stop.wait()
-    logger.info("shutting down: draining in-flight requests")
+    logger.info("SIGTERM: refusing new requests, draining those in flight")
+    ingress = serve.get_deployment_handle("Ingress", app_name="sdturbo")
+    remaining = ingress.drain.remote(DRAIN_TIMEOUT_S).result()
+    logger.info("drained (%d requests still running); shutting down", remaining)
     serve.shutdown()
     ray.shutdown()
     return 0

@@ -43,6 +43,10 @@ class ModelSettings(BaseModel):
         default_factory=lambda: [512], description="Square sizes run once at start-up."
     )
 
+    inject_oom_above: int = Field(
+        0, ge=0, description="Fault injection for tests: out-of-memory above this many images."
+    )
+
     @field_validator("warmup_sizes", mode="before")
     @classmethod
     def _comma_separated(cls, value):

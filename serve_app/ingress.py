@@ -11,7 +11,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    ReplicaUnavailableError,
+)
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
@@ -21,6 +26,7 @@ from serve_app.schemas import (
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
+    GenerationFailed,
     InvalidRequest,
     PingResponse,
 )
@@ -154,14 +160,38 @@ class Ingress:
         self.model = model
         self.model_name = model_name
         self.request_timeout_s = request_timeout_s
+        self.in_flight = 0
+        self.draining = False
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new work, wait for accepted requests to finish; return how many remain."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.in_flight
 
     async def _generate(self, request: GenerateRequest) -> dict:
+        if self.draining:
+            raise ApiError(
+                503,
+                "shutting_down",
+                "the server is shutting down; retry elsewhere",
+                {"Retry-After": RETRY_AFTER_S},
+            )
+        self.in_flight += 1
+        try:
+            return await self._call_model(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _call_model(self, request: GenerateRequest) -> dict:
         start = time.perf_counter()
         response = self.model.generate.remote(request)
         try:
             result = await asyncio.wait_for(response, timeout=self.request_timeout_s)
         except asyncio.TimeoutError:
-            response.cancel()
+            response.cancel()  # dropped from its batch if it has not started
             raise ApiError(
                 504, "timeout", f"not done within {self.request_timeout_s:g} s"
             ) from None
@@ -174,6 +204,19 @@ class Ingress:
                 "the server is at capacity; retry shortly",
                 {"Retry-After": RETRY_AFTER_S},
             ) from None
+        except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError):
+            logger.warning("model replica unavailable", exc_info=True)
+            raise ApiError(
+                503,
+                "model_unavailable",
+                "the model replica restarted; retry shortly",
+                {"Retry-After": RETRY_AFTER_S},
+            ) from None
+        except GenerationFailed as exc:
+            failure = getattr(exc, "cause", exc)
+            status = 503 if failure.kind == "out_of_memory" else 500
+            headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+            raise ApiError(status, failure.kind, failure.message, headers) from None
         result["timings"]["total_ms"] = (time.perf_counter() - start) * 1000
         return result
 
@@ -248,6 +291,9 @@ class Ingress:
     )
     async def ping(self) -> JSONResponse:
         replicas = await asyncio.to_thread(self._running_model_replicas)
+        if self.draining:
+            body = PingResponse(status="draining", model=self.model_name, replicas=replicas)
+            return JSONResponse(body.model_dump(), status_code=503)
         body = PingResponse(
             status="healthy" if replicas else "unavailable",
             model=self.model_name,

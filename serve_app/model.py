@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ray import serve
 
 from serve_app.config import BatchConfig, ModelSettings
-from serve_app.schemas import GenerateRequest, InvalidRequest
+from serve_app.schemas import GenerateRequest, GenerationFailed, InvalidRequest
 
 logger = logging.getLogger("ray.serve")
 
@@ -47,7 +47,8 @@ def _images_in(jobs: list[Job]) -> int:
     return sum(len(job.seeds) for job in jobs)
 
 
-@serve.deployment(health_check_period_s=5, health_check_timeout_s=30)
+# A dead replica is noticed within a health-check period; /ping reports it from then on.
+@serve.deployment(health_check_period_s=2, health_check_timeout_s=30)
 class SDTurboModel:
     def __init__(self, settings: ModelSettings):
         from serve_app import pipeline
@@ -80,7 +81,11 @@ class SDTurboModel:
         self._run_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
 
     def info(self) -> dict:
-        return {"model": self.settings.model, "max_batch_size": self.max_batch_size}
+        return {
+            "model": self.settings.model,
+            "max_batch_size": self.max_batch_size,
+            "pid": os.getpid(),
+        }
 
     async def generate(self, request: GenerateRequest) -> dict:
         if request.num_images > self.max_batch_size:
@@ -135,6 +140,35 @@ class SDTurboModel:
         return [results[id(job)] for job in jobs]
 
     def _run_chunk(self, jobs: list[Job], results: dict[int, JobResult]) -> None:
+        """Run jobs as one pipeline call; on out-of-memory, retry each half on its own."""
+        import torch
+
+        try:
+            self._generate_into(jobs, results)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if len(jobs) > 1:
+                logger.warning("out of memory on %d requests: retrying as two halves", len(jobs))
+                middle = len(jobs) // 2
+                self._run_chunk(jobs[:middle], results)
+                self._run_chunk(jobs[middle:], results)
+                return
+            logger.error("out of memory on a single request of %d images", len(jobs[0].seeds))
+            results[id(jobs[0])].error = GenerationFailed(
+                "out_of_memory",
+                "not enough accelerator memory for this request; retry, or ask "
+                "for fewer or smaller images",
+            )
+        except Exception:
+            # Only the jobs of this call fail; the replica stays up. No traceback leaves it.
+            logger.exception("pipeline call of %d requests failed", len(jobs))
+            for job in jobs:
+                results[id(job)].error = GenerationFailed(
+                    "internal_error", "image generation failed"
+                )
+
+    def _generate_into(self, jobs: list[Job], results: dict[int, JobResult]) -> None:
         first = jobs[0].request
         batch = self._pipeline.ImageBatch(
             prompts=[job.request.prompt for job in jobs for _ in job.seeds],
@@ -145,17 +179,15 @@ class SDTurboModel:
             num_inference_steps=first.num_inference_steps,
             guidance_scale=first.guidance_scale,
         )
+        if 0 < self.settings.inject_oom_above < len(batch.seeds):
+            import torch
+
+            raise torch.OutOfMemoryError(f"injected: {len(batch.seeds)} images in one call")
         started = time.perf_counter()
-        try:
-            truncated = self._pipeline.truncated_prompts(
-                self.pipe, [job.request.prompt for job in jobs]
-            )
-            images = self._pipeline.generate(self.pipe, batch)
-        except Exception as exc:
-            logger.exception("pipeline call of %d images failed", len(batch.seeds))
-            for job in jobs:
-                results[id(job)].error = exc
-            return
+        truncated = self._pipeline.truncated_prompts(
+            self.pipe, [job.request.prompt for job in jobs]
+        )
+        images = self._pipeline.generate(self.pipe, batch)
         elapsed = time.perf_counter() - started
         offset = 0
         for job, cut in zip(jobs, truncated, strict=True):

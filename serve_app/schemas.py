@@ -15,6 +15,21 @@ class InvalidRequest(ValueError):
     """A request that is valid alone but that this server's configuration cannot take."""
 
 
+class GenerationFailed(RuntimeError):
+    """A request the model could not finish; ``kind`` is 'out_of_memory' or 'internal_error'."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(kind, message)  # both in args, so it survives pickling across Ray
+
+    @property
+    def kind(self) -> str:
+        return self.args[0]
+
+    @property
+    def message(self) -> str:
+        return self.args[1]
+
+
 class GenerateRequest(BaseModel):
     """One text-to-image request."""
 
@@ -97,6 +112,6 @@ class ErrorResponse(BaseModel):
 
 
 class PingResponse(BaseModel):
-    status: Literal["healthy", "unavailable"]
+    status: Literal["healthy", "unavailable", "draining"]
     model: str
     replicas: int = Field(description="Running model replicas.")

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -67,9 +68,28 @@ def test_sdturbo_serve_answers_ping_and_invocations_then_drains_on_sigterm(tmp_p
         )
         assert response.status_code == 200, response.text
         assert Image.open(io.BytesIO(response.content)).size == (64, 64)
-        process.send_signal(signal.SIGTERM)
-        # SageMaker sends SIGKILL 30 s after SIGTERM.
+
+        # SIGTERM while requests are in flight: every accepted request completes, new ones are
+        # refused, and the process exits before SageMaker's SIGKILL 30 s later.
+        slow = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 4}
+        with ThreadPoolExecutor(4) as pool:
+            in_flight = [
+                pool.submit(requests.post, url + "/predict", json=slow, timeout=60)
+                for _ in range(4)
+            ]
+            time.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            terminated = time.monotonic()
+            time.sleep(0.5)
+            try:
+                late = requests.post(url + "/predict", json=slow, timeout=10)
+                assert late.status_code == 503, late.text
+            except requests.ConnectionError:
+                pass  # already closed: refused either way
+            statuses = [future.result().status_code for future in in_flight]
+        assert statuses == [200] * 4
         assert process.wait(timeout=30) == 0
+        assert time.monotonic() - terminated < 30
     finally:
         if process.poll() is None:
             process.kill()
