@@ -63,3 +63,22 @@ def test_encode_decodes_back_to_the_image_size(fmt):
 def test_a_folder_without_a_pipeline_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
         pipeline.resolve_model_path(str(tmp_path))
+
+
+def test_serve_config_yaml_builds_the_same_application():
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.deployment import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app import build_app
+    from serve_app.config import AppArgs
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "serve_config.yaml").read_text())
+    schema = ServeDeploySchema.parse_obj(config)
+    (app,) = schema.applications
+    assert app.import_path == "serve_app:app"
+    args = AppArgs.model_validate(app.args)
+    assert args.max_batch_size == 8 and args.model == "stabilityai/sd-turbo"
+    assert isinstance(build_app(args.model_copy(update={"device": "cpu"})), Application)
