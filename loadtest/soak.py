@@ -22,12 +22,12 @@ from loadtest.bench_serving import _free_port
 from serve_app.config import AppArgs
 
 
-def replica_rss() -> dict[str, int]:
-    """Resident memory of each Serve replica process, by deployment and pid."""
+def replica_rss(app: str = "soak") -> dict[str, int]:
+    """Resident memory of each replica process of this app, by deployment and pid."""
     sizes = {}
     for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
         title = " ".join(process.info["cmdline"] or [])
-        if title.startswith("ray::ServeReplica"):
+        if title.startswith(f"ray::ServeReplica:{app}:"):
             # The title ends with the method running now: keep only the deployment.
             deployment = title.split()[0].split(".")[0].rsplit(":", 1)[-1]
             sizes[f"{deployment}:{process.info['pid']}"] = process.info["memory_info"].rss
@@ -43,7 +43,12 @@ def soak(url: str, clients: int, seconds: float, interval_s: float, size: int) -
         with requests.Session() as session:
             i = 0
             while time.monotonic() < stop:
-                payload = {"prompt": "soak", "width": size, "height": size, "seed": index * 10**6 + i}
+                payload = {
+                    "prompt": "soak",
+                    "width": size,
+                    "height": size,
+                    "seed": index * 10**6 + i,
+                }
                 start = time.perf_counter()
                 try:
                     ok = session.post(url, json=payload, timeout=60).status_code == 200
@@ -64,8 +69,11 @@ def soak(url: str, clients: int, seconds: float, interval_s: float, size: int) -
         with lock:
             recent = [lat for t, lat, _ in samples if t > time.monotonic() - interval_s]
         if recent:
-            print(f"t={memory[-1][0]:5.0f}s p50={statistics.median(recent) * 1000:6.1f}ms "
-                  f"n={len(recent)} rss_mb={sum(memory[-1][1].values()) / 2**20:.0f}", flush=True)
+            print(
+                f"t={memory[-1][0]:5.0f}s p50={statistics.median(recent) * 1000:6.1f}ms "
+                f"n={len(recent)} rss_mb={sum(memory[-1][1].values()) / 2**20:.0f}",
+                flush=True,
+            )
     for thread in threads:
         thread.join()
     return summarize(samples, memory, begin, interval_s)
@@ -111,8 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = AppArgs(model="tiny", device="cpu", warmup_sizes=[options.size])
         serve.run(build_app(args), name="soak", route_prefix="/")
-        result = soak(f"http://127.0.0.1:{port}/predict", options.clients,
-                      options.minutes * 60, options.interval_s, options.size)
+        result = soak(
+            f"http://127.0.0.1:{port}/predict",
+            options.clients,
+            options.minutes * 60,
+            options.interval_s,
+            options.size,
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
