@@ -2,9 +2,9 @@
 
 import io
 import os
+import shutil
 import signal
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,11 +30,12 @@ def test_sdturbo_serve_answers_ping_and_invocations_then_drains_on_sigterm(tmp_p
     port = free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port)}
     log = (tmp_path / "serve.log").open("wb")
+    # Exactly what the image runs: ENTRYPOINT ["sdturbo"] + SageMaker's "serve" argument.
+    sdturbo = shutil.which("sdturbo")
+    assert sdturbo, "the sdturbo console script is not installed (pip install -e .)"
     process = subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "serve_app.cli",
+            sdturbo,
             "serve",
             "--model",
             "tiny",
