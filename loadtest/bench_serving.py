@@ -165,7 +165,8 @@ def report(result: dict) -> str:
             f"(mean batch {result['unbatched']['mean_batch_size']:.1f})",
             f"batching speed-up: {result['batching_speedup']:.2f}x",
             f"one client: HTTP p50 {result['http_p50_ms']:.1f} ms, direct pipeline+encode p50 "
-            f"{result['direct_p50_ms']:.1f} ms, serving overhead {result['http_overhead_ms']:.1f} ms",
+            f"{result['direct_p50_ms']:.1f} ms, "
+            f"serving overhead {result['http_overhead_ms']:.1f} ms",
         ]
     )
 

@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+from serve_app.client import add_invoke_parser
 from serve_app.config import DEFAULT_MODEL
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="any application argument, e.g. --set max_batch_size=16",
     )
     serve_parser.set_defaults(func=serve_command)
+    add_invoke_parser(commands)
     return parser
 
 

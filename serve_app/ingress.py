@@ -20,6 +20,7 @@ from ray.serve.exceptions import (
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
+from serve_app import playground
 from serve_app.config import MAX_BODY_BYTES
 from serve_app.schemas import (
     MEDIA_TYPES,
@@ -62,6 +63,7 @@ api = FastAPI(
     description="Text-to-image with stabilityai/sd-turbo: dynamic batching, SageMaker contract.",
     version="0.1.0",
 )
+api.include_router(playground.router)
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 406, 413, 415, 422, 500, 503, 504)}
 
 

@@ -1,0 +1,298 @@
+"""``sdturbo invoke``: against the real local server, and against a moto server for AWS.
+
+What moto 5.2.1 offers of sagemaker-runtime, and so what these tests cannot show:
+- invoke_endpoint and invoke_endpoint_async return canned results queued through moto's
+  ``/moto-api/static/sagemaker/*-results``; no model runs and the request body is not read;
+- the async call writes its canned result at once, to a bucket of moto's choosing, so waiting
+  across a scale from zero is shown with an object written later by the test instead;
+- neither checks that the endpoint exists, and a sync ModelError (the container's 4xx/5xx)
+  cannot be queued, so the sync error path is covered by the local server's errors only.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+from PIL import Image
+
+from serve_app import cli, client
+from tests.conftest import free_port
+
+
+def invoke(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(["invoke", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def png_bytes(size=(32, 16), color=(200, 30, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_every_request_option_reaches_the_body():
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["invoke", "a cat", "--negative-prompt", "dogs", "--steps", "2", "--guidance-scale",
+         "1.5", "--seed", "9", "--width", "256", "--height", "128", "--num-images", "3",
+         "--format", "webp"]
+    )  # fmt: skip
+    assert client.build_request(args) == {
+        "prompt": "a cat",
+        "negative_prompt": "dogs",
+        "num_inference_steps": 2,
+        "guidance_scale": 1.5,
+        "seed": 9,
+        "width": 256,
+        "height": 128,
+        "num_images": 3,
+        "output_format": "webp",
+    }
+    # Unset options are left to the server's defaults.
+    assert client.build_request(parser.parse_args(["invoke", "x"])) == {"prompt": "x"}
+
+
+def test_output_paths_number_extra_images(tmp_path):
+    paths = client.output_paths(str(tmp_path / "cat.png"), 3, "png")
+    assert [p.name for p in paths] == ["cat.png", "cat-1.png", "cat-2.png"]
+    assert client.output_paths(None, 1, "jpeg")[0].name == "sdturbo.jpg"
+
+
+def test_unreachable_server_is_one_line(capsys, tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"
+    code, out, err = invoke(capsys, "a cat", "--url", url, "-o", str(tmp_path / "x.png"))
+    assert code == 1 and out == ""
+    assert err.strip().count("\n") == 0
+    assert err.startswith("sdturbo invoke: error: cannot connect to")
+
+
+def test_async_without_endpoint_or_bucket_is_refused(capsys):
+    code, _, err = invoke(capsys, "a cat", "--async")
+    assert code == 1 and "--async needs --endpoint" in err
+    code, _, err = invoke(capsys, "a cat", "--endpoint", "e", "--async", "--region", "us-east-1")
+    assert code == 1 and "--async needs --bucket" in err
+
+
+# --- the real server -------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+class TestLocalServer:
+    def test_console_script_writes_the_image(self, server, tmp_path):
+        executable = shutil.which("sdturbo")
+        assert executable, "the sdturbo console script is not installed (pip install -e .)"
+        out = tmp_path / "cat.png"
+        proc = subprocess.run(
+            [executable, "invoke", "a futuristic cat floating in the clouds", "-o", str(out),
+             "--url", server.url, "--width", "96", "--height", "64", "--seed", "7",
+             "--steps", "2"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        image = Image.open(out)
+        assert (image.format, image.size) == ("PNG", (96, 64))
+        assert "seed 7" in proc.stdout and "96x64" in proc.stdout
+
+    def test_all_options_several_images_jpeg(self, server, capsys, tmp_path):
+        code, out, err = invoke(
+            capsys, "a cat", "-o", str(tmp_path / "cat.jpg"), "--url", server.url,
+            "--num-images", "2", "--format", "jpeg", "--negative-prompt", "dogs",
+            "--guidance-scale", "1.5", "--width", "64", "--height", "64", "--seed", "11",
+        )  # fmt: skip
+        assert code == 0, err
+        for name in ("cat.jpg", "cat-1.jpg"):
+            assert Image.open(tmp_path / name).format == "JPEG"
+        assert "seed 11" in out
+
+    def test_server_validation_error_is_one_line(self, server, capsys, tmp_path):
+        code, out, err = invoke(
+            capsys, "a cat", "--url", server.url, "--width", "65", "-o", str(tmp_path / "x.png")
+        )
+        assert code == 1 and out == "" and not (tmp_path / "x.png").exists()
+        assert err.strip().count("\n") == 0
+        assert "422 validation_error" in err and "width" in err
+
+
+# --- AWS through a moto server ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    executable = shutil.which("moto_server")
+    if executable is None:
+        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen(
+        [executable, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(url + "/moto-api/", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("moto_server did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def aws(moto_url, monkeypatch):
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    runtime, s3 = client.aws_clients("us-east-1", moto_url, 30)
+    return moto_url, runtime, s3
+
+
+def queue_results(moto_url: str, kind: str, results: list[dict]) -> None:
+    response = requests.post(
+        f"{moto_url}/moto-api/static/sagemaker/{kind}", json={"results": results}, timeout=10
+    )
+    response.raise_for_status()
+
+
+def response_body(image: bytes, seed: int = 5) -> str:
+    encoded = base64.b64encode(image).decode()
+    return json.dumps(
+        {"image": encoded, "seed": seed, "seeds": [seed], "model": "tiny", "width": 32,
+         "height": 16, "num_inference_steps": 1, "output_format": "png", "warnings": [],
+         "timings": {"queue_ms": 1.0, "inference_ms": 2.0, "encode_ms": 3.0, "total_ms": 6.0,
+                     "batch_size": 1}}
+    )  # fmt: skip
+
+
+def aws_args(moto_url: str) -> list[str]:
+    return ["--region", "us-east-1", "--endpoint-url", moto_url]
+
+
+@pytest.mark.integration
+class TestMoto:
+    def test_sync_endpoint(self, aws, capsys, tmp_path):
+        moto_url, _, _ = aws
+        image = png_bytes()
+        queue_results(moto_url, "endpoint-results", [{"Body": response_body(image)}])
+        out = tmp_path / "sync.png"
+        code, stdout, err = invoke(
+            capsys, "a cat", "--endpoint", "sd-sync", "-o", str(out), *aws_args(moto_url)
+        )
+        assert code == 0, err
+        assert out.read_bytes() == image
+        assert "seed 5" in stdout
+
+    def test_async_uploads_the_request_then_reads_the_output(self, aws, capsys, tmp_path):
+        moto_url, _, s3 = aws
+        s3.create_bucket(Bucket="sd-async-in")
+        image = png_bytes(color=(0, 90, 200))
+        queue_results(moto_url, "async-endpoint-results", [{"data": response_body(image, 8)}])
+        out = tmp_path / "async.png"
+        code, _, err = invoke(
+            capsys, "a cat", "--endpoint", "sd-async", "--async", "--bucket", "sd-async-in",
+            "--seed", "8", "--width", "64", "--height", "64", "-o", str(out),
+            *aws_args(moto_url),
+        )  # fmt: skip
+        assert code == 0, err
+        assert out.read_bytes() == image
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="sd-async-in")["Contents"]]
+        assert len(keys) == 1 and keys[0].startswith("inputs/") and keys[0].endswith(".json")
+        uploaded = json.loads(s3.get_object(Bucket="sd-async-in", Key=keys[0])["Body"].read())
+        assert uploaded == {"prompt": "a cat", "seed": 8, "width": 64, "height": 64}
+        assert "queued" in err and "s3://" in err
+
+    def test_async_failure_prints_the_body_and_exits_non_zero(self, aws, capsys, tmp_path):
+        moto_url, _, s3 = aws
+        s3.create_bucket(Bucket="sd-async-fail")
+        failure = {"error": {"type": "out_of_memory", "message": "batch too large for the GPU"}}
+        queue_results(
+            moto_url, "async-endpoint-results", [{"is_failure": True, "data": json.dumps(failure)}]
+        )
+        out = tmp_path / "never.png"
+        code, stdout, err = invoke(
+            capsys, "a cat", "--endpoint", "sd-async", "--async", "--bucket", "sd-async-fail",
+            "-o", str(out), *aws_args(moto_url),
+        )  # fmt: skip
+        assert code == 1 and stdout == "" and not out.exists()
+        last = err.strip().splitlines()[-1]
+        assert last == (
+            "sdturbo invoke: error: endpoint failed: error out_of_memory: batch too large for "
+            "the GPU"
+        )
+
+    def test_wait_polls_until_the_output_appears(self, aws):
+        _, _, s3 = aws
+        s3.create_bucket(Bucket="sd-async-out")
+        image = png_bytes()
+        writer = threading.Timer(
+            1.0, lambda: s3.put_object(Bucket="sd-async-out", Key="out/1.out", Body=image)
+        )
+        seen: list[float] = []
+        writer.start()
+        try:
+            body = client.wait_for_result(
+                s3,
+                "s3://sd-async-out/out/1.out",
+                "s3://sd-async-out/failures/1-error.out",
+                timeout_s=20,
+                poll_s=0.1,
+                progress=seen.append,
+            )
+        finally:
+            writer.join()
+        assert body == image
+        assert len(seen) >= 3 and seen == sorted(seen)
+
+    def test_wait_gives_up_after_its_timeout(self, aws):
+        _, _, s3 = aws
+        s3.create_bucket(Bucket="sd-async-empty")
+        start = time.monotonic()
+        with pytest.raises(client.InvokeError, match="no result"):
+            client.wait_for_result(s3, "s3://sd-async-empty/o.out", None, timeout_s=0.5, poll_s=0.1)
+        assert time.monotonic() - start < 5
+
+    def test_aws_error_is_one_line(self, aws, capsys):
+        moto_url, _, _ = aws
+        code, _, err = invoke(
+            capsys, "a cat", "--endpoint", "sd", "--async", "--bucket", "no-such-bucket",
+            *aws_args(moto_url),
+        )  # fmt: skip
+        assert code == 1
+        assert err.strip().count("\n") == 0 and "NoSuchBucket" in err
+
+
+def test_invoke_imports_neither_torch_nor_ray_itself():
+    # serve_app/__init__ imports the Ray app builder, so import the module file alone.
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('c', {client.__file__!r})\n"
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+        "print('torch' in sys.modules, 'ray' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        env={**os.environ},
+    ).stdout  # fmt: skip
+    assert out.split() == ["False", "False"]

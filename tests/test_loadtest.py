@@ -1,0 +1,283 @@
+"""loadtest/: the shapes' logic, the locustfile run headless against the tiny server, the report.
+
+Locust monkey-patches the process with gevent when imported, so it runs in subprocesses here,
+never inside pytest (which also runs Ray).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from loadtest import gate, report, shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = str(ROOT / "loadtest" / "locustfile.py")
+
+
+def locust(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "-f", LOCUSTFILE, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- shapes, without Locust ------------------------------------------------------------------
+
+
+def test_step_shape_climbs_in_named_stages():
+    stages = shapes.step(16, 120)
+    assert [(s.name, s.users, s.until_s) for s in stages] == [
+        ("step 1/4", 4, 30),
+        ("step 2/4", 8, 60),
+        ("step 3/4", 12, 90),
+        ("step 4/4", 16, 120),
+    ]
+    assert shapes.stage_at(stages, 45).users == 8
+    assert shapes.stage_at(stages, 120) is None
+
+
+def test_spike_shape_goes_up_and_back():
+    stages = shapes.spike(16, 100)
+    users = [shapes.stage_at(stages, t).users for t in (10, 50, 90)]
+    assert users == [4, 16, 4]
+    assert shapes.stage_at(shapes.steady(8, 30), 29).users == 8
+
+
+def _feed(plan: shapes.ScaleFromZero, t: float, replicas: int):
+    plan.observe_replicas(t, replicas)
+    return plan.tick(t)
+
+
+def test_scale_from_zero_waits_for_a_real_scale_down_then_measures():
+    plan = shapes.ScaleFromZero(burst_users=8, burst_seconds=10, zero_settle_s=120)
+    plan.started = 0.0
+    # A server still starting shows 0 replicas: not a scale to zero.
+    assert _feed(plan, 1, 0) == (0, 1.0)
+    assert _feed(plan, 30, 1) == (0, 1.0)
+    assert _feed(plan, 90, 0) == (1, 1.0)  # the replica went away: zero
+    plan.observe_request(start=89.0, end=95.0, ok=True, timings=None)  # sent before: ignored
+    assert plan.image_at is None
+    assert _feed(plan, 91, 0) == (1, 1.0)
+    assert _feed(plan, 97, 1) == (1, 1.0)  # replica running 7 s after the request
+    plan.observe_request(start=90.0, end=99.0, ok=True, timings={"inference_ms": 50.0})
+    assert _feed(plan, 100, 1) == (8, 8.0)  # burst
+    assert _feed(plan, 105, 2) == (8, 8.0)
+    assert _feed(plan, 111, 2) is None
+    summary = plan.summary()
+    first = summary["first_request"]
+    assert first["time_to_first_image_s"] == 9.0 and first["ok"]
+    assert first["phases_s"] == {"until_replica_running": 7.0, "replica_running_to_image": 2.0}
+    assert first["server_timings_ms"] == {"inference_ms": 50.0}
+    assert summary["burst"] == {"users": 8, "seconds": 10, "peak_replicas": 2, "seconds_to_peak": 5}
+    assert summary["error"] is None and summary["waited_for_zero_s"] == 90
+
+
+def test_scale_from_zero_accepts_a_settled_zero_and_times_out():
+    settled = shapes.ScaleFromZero(zero_settle_s=0)  # SageMaker: InService at 0 is zero
+    settled.started = 0.0
+    assert _feed(settled, 1, 0) == (1, 1.0)
+    never = shapes.ScaleFromZero(zero_timeout_s=5)
+    never.started = 0.0
+    assert _feed(never, 1, 1) == (0, 1.0)
+    assert _feed(never, 6, 1) is None
+    assert "never reached 0" in never.summary()["error"]
+
+
+# --- the locustfile --------------------------------------------------------------------------
+
+
+def test_locustfile_lists_its_users():
+    result = locust("--list")
+    assert result.returncode == 0, result.stderr
+    for name in ("PredictUser", "InvocationsUser", "SageMakerUser", "SageMakerAsyncUser"):
+        assert name in result.stdout
+
+
+def test_sagemaker_users_need_an_endpoint():
+    result = locust("SageMakerUser", "--headless", "-u", "1", "-t", "2s", timeout_s=60)
+    assert result.returncode != 0
+    assert "--endpoint-name" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+class TestAgainstTheTinyServer:
+    def test_headless_session_then_report(self, server, tmp_path):
+        prefix = tmp_path / "local"
+        result = locust(
+            "--headless", "-u", "4", "-r", "4", "-t", "8s", "--host", server.url,
+            "--image-size", "64", "--csv", str(prefix), "--only-summary",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        rows = {row["Name"]: row for row in read_csv(Path(f"{prefix}_stats.csv"))}
+        for name in ("/predict", "/invocations"):
+            assert int(rows[name]["Request Count"]) > 2, rows
+            assert rows[name]["Failure Count"] == "0"
+        samples = read_csv(Path(f"{prefix}_replicas.csv"))
+        assert len(samples) >= 5 and {s["replicas"] for s in samples} == {"1"}
+
+        done = subprocess.run(
+            [sys.executable, "-m", "loadtest.report", str(prefix)],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        image = Image.open(f"{prefix}_report.png")
+        assert image.format == "PNG" and image.size[1] > image.size[0] / 2
+        summary = Path(f"{prefix}_summary.md").read_text()
+        assert "| POST /predict |" in summary and "| Aggregated |" in summary
+
+    def test_p95_threshold_sets_the_exit_code(self, server, tmp_path):
+        result = locust(
+            "--headless", "-u", "2", "-r", "2", "-t", "4s", "--host", server.url,
+            "--image-size", "64", "--max-p95-ms", "1", "--only-summary",
+        )  # fmt: skip
+        assert result.returncode == 1
+        assert "FAIL: p95" in result.stderr
+
+    def test_step_shape_runs_its_stages(self, server, tmp_path):
+        prefix = tmp_path / "step"
+        result = locust(
+            "--headless", "--shape", "step", "-u", "4", "-t", "8s", "--host", server.url,
+            "--image-size", "64", "--csv", str(prefix), "--only-summary",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "stage step 4/4: 4 users" in result.stderr
+        users = {int(r["User Count"]) for r in read_csv(Path(f"{prefix}_stats_history.csv"))}
+        assert {1, 2, 3, 4} <= users
+
+
+# --- scale from zero, end to end through Locust, on a deterministic fake ---------------------
+
+
+class FakeServer(BaseHTTPRequestHandler):
+    """/ping reports 1 replica, then 0 (scaled down); a /predict at 0 'starts' one in 1 s."""
+
+    replicas = 1
+    born = time.monotonic()
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        cls = type(self)
+        if cls.replicas == 1 and time.monotonic() - cls.born > 2 and not hasattr(cls, "woken"):
+            cls.replicas = 0
+        self._reply(200 if cls.replicas else 503, {"replicas": cls.replicas})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        cls = type(self)
+        if cls.replicas == 0:
+            cls.woken = True
+            time.sleep(1.0)
+            cls.replicas = 1
+            time.sleep(0.5)
+        timings = {"queue_ms": 1, "inference_ms": 2, "encode_ms": 3, "total_ms": 6, "batch_size": 1}
+        self._reply(200, {"image": "aGk=", "timings": timings})
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_scale_from_zero_through_locust_on_a_fake(tmp_path):
+    FakeServer.replicas, FakeServer.born = 1, time.monotonic()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    prefix = tmp_path / "sfz"
+    try:
+        result = locust(
+            "PredictUser", "--headless", "--shape", "scale-from-zero", "-u", "2",
+            "--burst-seconds", "3", "--zero-timeout", "30", "--csv", str(prefix),
+            "--host", f"http://127.0.0.1:{httpd.server_address[1]}", "--only-summary",
+            timeout_s=60,
+        )  # fmt: skip
+    finally:
+        httpd.shutdown()
+        thread.join(timeout=5)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(Path(f"{prefix}_scale_from_zero.json").read_text())
+    first = summary["first_request"]
+    assert 1.4 < first["time_to_first_image_s"] < 3.0, summary
+    assert 0.5 < first["phases_s"]["until_replica_running"] < 2.0, summary
+    assert first["server_timings_ms"]["inference_ms"] == 2
+    assert summary["burst"]["peak_replicas"] == 1 and summary["waited_for_zero_s"] is not None
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.report", str(prefix)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "time to first image" in done.stdout
+    assert Path(f"{prefix}_report.png").stat().st_size > 1000
+
+
+def test_report_names_a_missing_run(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nothing")]) == 1
+    assert "nothing_stats_history.csv" in capsys.readouterr().err
+
+
+# --- the CI gate's verdicts ------------------------------------------------------------------
+
+
+def _gate_options(*argv: str):
+    return gate.parser().parse_args(list(argv))
+
+
+SERVING = {"batching_speedup": 1.6, "http_p50_ms": 40.0, "direct_p50_ms": 20.0}
+
+
+def test_gate_passes_good_ratios_and_reports_pending_startup():
+    rows = gate.checks(SERVING, {"status": "pending"}, _gate_options())
+    assert [(r["name"], r["passed"]) for r in rows] == [
+        ("batching_speedup", True),
+        ("http_over_direct_p50", True),
+        ("startup_speedup", True),
+    ]
+    assert rows[1]["value"] == 2.0 and rows[2]["value"] is None
+
+
+def test_gate_fails_each_ratio_below_its_bar(monkeypatch, tmp_path):
+    bad = {"batching_speedup": 1.1, "http_p50_ms": 70.0, "direct_p50_ms": 20.0}
+    startup = {"status": "measured", "cold_start_s": 30.0, "artifact_start_s": 25.0}
+    rows = gate.checks(bad, startup, _gate_options())
+    assert [r["passed"] for r in rows] == [False, False, False]
+    assert gate.checks(SERVING, {"status": "error"}, _gate_options())[2]["passed"] is False
+
+    monkeypatch.setattr(gate, "serving", lambda options: {**bad, **_bench_extras()})
+    monkeypatch.setattr(gate, "startup", lambda options: startup)
+    output = tmp_path / "gate.json"
+    assert gate.main(["--output", str(output)]) == 1
+    written = json.loads(output.read_text())
+    assert written["passed"] is False and len(written["checks"]) == 3
+
+
+def _bench_extras() -> dict:
+    batch = {"images_per_s": 1.0, "mean_batch_size": 1.0}
+    return {"model": "tiny", "size": 128, "clients": 16, "batched": batch, "unbatched": batch,
+            "http_overhead_ms": 50.0}  # fmt: skip
