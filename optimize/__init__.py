@@ -1,0 +1,1 @@
+"""Ahead-of-time work for a fast first image: ``python -m optimize build`` (see README.md)."""

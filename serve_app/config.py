@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -42,12 +42,29 @@ class ModelSettings(BaseModel):
     warmup_sizes: list[int] = Field(
         default_factory=lambda: [512], description="Square sizes run once at start-up."
     )
+    # The fast path (optimize/README.md). Each switch exists so its effect can be measured.
+    compile_batch_sizes: list[Annotated[int, Field(ge=1, le=64)]] = Field(
+        default_factory=lambda: [1, 2, 4, 8],
+        min_length=1,
+        description="With compile: the batch sizes compiled and warmed up at start-up; a batch "
+        "is padded up to the next one (and split above the largest) so no request recompiles.",
+    )
+    compile_vae_decoder: bool = Field(
+        True, description="With compile: also compile the VAE decoder (~77% of 1-step FLOPs)."
+    )
+    channels_last: bool = Field(True, description="CUDA: channels-last UNet and VAE.")
+    fuse_qkv: bool = Field(
+        True, description="Fuse attention Q/K/V projections into one matmul (UNet and VAE)."
+    )
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="CUDA attention kernels: torch SDPA, or xformers (the gpu extra)."
+    )
 
     inject_oom_above: int = Field(
         0, ge=0, description="Fault injection for tests: out-of-memory above this many images."
     )
 
-    @field_validator("warmup_sizes", mode="before")
+    @field_validator("warmup_sizes", "compile_batch_sizes", mode="before")
     @classmethod
     def _comma_separated(cls, value):
         # `serve run ... warmup_sizes=256,512` passes a string.

@@ -56,20 +56,15 @@ class SDTurboModel:
         self._pipeline = pipeline
         self.settings = settings
         self.max_batch_size = BatchConfig().max_batch_size
+        # Load, compile cache, optimise, compile/warm-up: each phase logged with its time.
+        # /ping turns 200 only once this returns, so only after warm-up.
         start = time.perf_counter()
-        device = pipeline.resolve_device(settings.device)
-        dtype = pipeline.resolve_dtype(settings.dtype, device)
-        self.pipe = pipeline.load_pipeline(settings.model, device, dtype)
-        loaded = time.perf_counter()
-        self.pipe = pipeline.optimize(self.pipe, settings)
-        warm_s = pipeline.warmup(self.pipe, settings.warmup_sizes, [1])
+        self.pipe, self.startup_timings = pipeline.prepare(settings, logger)
         logger.info(
-            "model %s ready on %s/%s: weights %.1fs, optimise+warm-up %.1fs",
+            "model %s ready in %.1fs: %s",
             settings.model,
-            device,
-            dtype,
-            loaded - start,
-            warm_s,
+            time.perf_counter() - start,
+            ", ".join(f"{name} {s:.1f}" for name, s in self.startup_timings.items()),
         )
         # Encoding runs in threads (Pillow releases the GIL), in parallel across a batch.
         self._encoder = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2))

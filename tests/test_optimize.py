@@ -1,0 +1,411 @@
+"""optimize: the model artifact (layout, manifest, compile cache), its upload, and the fast path."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from optimize.build import build, sha256
+from optimize.pack import upload
+from serve_app import compile_cache, pipeline
+from serve_app.config import ModelSettings
+from tests.conftest import free_port, start_app
+from tests.test_pipeline import assert_same_pixels
+
+REPO = Path(__file__).resolve().parents[1]
+# What the compiled artifact covers: small enough to compile in well under a minute.
+COMPILED = {
+    "compile": True,
+    "compile_mode": "default",
+    "warmup_sizes": [64],
+    "compile_batch_sizes": [1],
+}
+
+
+def run_module(*args: str, env: dict | None = None, timeout: int = 600):
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def safetensors_dtypes(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    dtypes = set()
+    for path in folder.rglob("*.safetensors"):
+        with safe_open(path, "pt") as handle:
+            dtypes |= {handle.get_slice(k).get_dtype() for k in handle.keys()}  # noqa: SIM118
+    return dtypes
+
+
+# --- the artifact without compilation: fast -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plain_tarball(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("plain") / "model.tar.gz"
+    build(ModelSettings(model="tiny", device="cpu", compile=False), output)
+    return output
+
+
+def test_tarball_has_the_pipeline_at_its_root_and_a_true_manifest(plain_tarball, tmp_path):
+    with tarfile.open(plain_tarball) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path, filter="data")
+    # SageMaker extracts model.tar.gz into /opt/ml/model: no leading folder, no "./".
+    assert "model_index.json" in names and compile_cache.MANIFEST_NAME in names
+    assert not any(name.startswith(("/", "./", "..")) for name in names)
+    weights = [n for n in names if n.endswith((".safetensors", ".bin", ".ckpt"))]
+    assert weights and all(n.endswith(".safetensors") for n in weights)
+    assert not any(n.startswith(("safety_checker", "feature_extractor")) for n in names)
+
+    manifest = json.loads((tmp_path / compile_cache.MANIFEST_NAME).read_text())
+    env = manifest["environment"]
+    assert env["torch"] == torch.__version__ and env["device_kind"] == "cpu"
+    assert {"triton", "diffusers", "sdturbo", "device_name"} <= set(env)
+    assert manifest["dtype"] == "float32" and manifest["compile"] == {"enabled": False}
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    on_disk = {p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+    assert set(listed) == on_disk - {compile_cache.MANIFEST_NAME}
+    for path, entry in listed.items():
+        assert entry["bytes"] == (tmp_path / path).stat().st_size
+        assert entry["sha256"] == sha256(tmp_path / path)
+    assert safetensors_dtypes(tmp_path) == {"F32"}
+
+
+def test_extracted_artifact_loads_through_the_servers_loader(plain_tarball, tmp_path):
+    with tarfile.open(plain_tarball) as tar:
+        tar.extractall(tmp_path, filter="data")
+    pipe = pipeline.load_pipeline(str(tmp_path), torch.device("cpu"), torch.float32)
+    images = pipeline.generate(pipe, pipeline.ImageBatch(["a"], [""], [3], 64, 64, 1, 0.0))
+    assert images.shape == (1, 64, 64, 3) and images.std() > 1
+
+
+def test_a_gpu_target_gets_fp16_weights_even_when_built_without_a_gpu(tmp_path):
+    output = tmp_path / "folder"
+    result = build(ModelSettings(model="tiny", device="cuda", compile=False), output)
+    assert (output / "model_index.json").is_file()  # a folder, for CompressionType None
+    assert result.manifest["dtype"] == "float16"
+    assert result.manifest["environment"]["device_kind"] == "cuda"
+    assert safetensors_dtypes(output) == {"F16"}
+
+
+def test_build_refuses_to_overwrite(plain_tarball):
+    with pytest.raises(SystemExit, match="exists"):
+        build(ModelSettings(model="tiny", device="cpu", compile=False), plain_tarball)
+
+
+# --- the manifest guard: never a crash, one log line ----------------------------------------
+
+
+def fake_artifact(folder: Path, **env_changes) -> Path:
+    shutil.copytree(pipeline.resolve_model_path("tiny"), folder)
+    env = {**compile_cache.environment(torch.device("cpu")), **env_changes}
+    manifest = {"environment": env, "compile_cache": {"file": compile_cache.CACHE_NAME}}
+    (folder / compile_cache.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (folder / compile_cache.CACHE_NAME).write_bytes(b"not a cache")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [({"torch": "2.0.0"}, "torch differs"), ({"device_kind": "cuda"}, "device_kind differs")],
+)
+def test_a_foreign_manifest_is_not_loaded_and_says_why(tmp_path, monkeypatch, change, reason):
+    calls = []
+    monkeypatch.setattr(torch.compiler, "load_cache_artifacts", lambda data: calls.append(data))
+    loaded, message = compile_cache.load(
+        fake_artifact(tmp_path / "m", **change), torch.device("cpu")
+    )
+    assert not loaded and reason in message and "compiling instead" in message
+    assert calls == []
+
+
+def test_a_corrupt_cache_falls_back_instead_of_crashing(tmp_path):
+    loaded, message = compile_cache.load(fake_artifact(tmp_path / "m"), torch.device("cpu"))
+    assert not loaded and "loading failed" in message
+
+
+def test_settings_that_differ_from_the_build_are_named():
+    manifest = {"serve_settings": {"compile_mode": "default", "compile_batch_sizes": [1, 2]}}
+    wanted = ModelSettings(compile_mode="default", compile_batch_sizes=[1, 4]).model_dump()
+    assert compile_cache.settings_differences(manifest, wanted) == [
+        "compile_batch_sizes=[1, 4] (built with [1, 2])"
+    ]
+
+
+def test_start_up_logs_the_fallback_and_each_phase(tmp_path, caplog):
+    folder = fake_artifact(tmp_path / "m", torch="2.0.0")
+    # No warm-up sizes: nothing is called, so nothing compiles; the decision is what's tested.
+    settings = ModelSettings(model=str(folder), device="cpu", compile=True, warmup_sizes=[])
+    with caplog.at_level(logging.INFO, logger="sdturbo"):
+        pipe, timings = pipeline.prepare(settings)
+    assert set(timings) == {"weights_s", "cache_s", "optimize_s", "warmup_s"}
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("compile cache not used" in line and "torch differs" in line for line in lines)
+    assert any(line.startswith("start-up: weights") for line in lines)
+    assert pipeline.compiled_batch_sizes(pipe) == [1, 2, 4, 8]
+
+
+# --- the fast path's switches and batch padding ---------------------------------------------
+
+
+def test_batch_plan_pads_up_and_splits_above_the_largest_size():
+    assert pipeline.batch_plan(3, []) == [(3, 3)]
+    assert pipeline.batch_plan(3, [1, 2, 4, 8]) == [(3, 4)]
+    assert pipeline.batch_plan(8, [1, 2, 4, 8]) == [(8, 8)]
+    assert pipeline.batch_plan(11, [1, 4, 8]) == [(8, 8), (3, 4)]
+
+
+def test_padded_batches_keep_each_images_pixels(tiny_pipe, monkeypatch):
+    batch = pipeline.ImageBatch(["a fox"] * 3, [""] * 3, [5, 6, 7], 64, 64, 1, 0.0)
+    plain = pipeline.generate(tiny_pipe, batch)
+    sizes_seen = []
+    real_call = pipeline._generate_call
+    monkeypatch.setattr(
+        pipeline, "_generate_call", lambda p, b: sizes_seen.append(len(b.seeds)) or real_call(p, b)
+    )
+    monkeypatch.setattr(tiny_pipe, "_sdturbo_batch_sizes", [2], raising=False)
+    padded = pipeline.generate(tiny_pipe, batch)
+    assert sizes_seen == [2, 2]  # 3 images: a full call and one padded from 1 to 2
+    assert padded.shape == plain.shape
+    for a, b in zip(plain, padded, strict=True):
+        assert_same_pixels(a, b)
+
+
+def test_fused_qkv_changes_the_kernels_not_the_image(tiny_model_dir):
+    from diffusers.models.attention_processor import FusedAttnProcessor2_0
+
+    def image(**switches):
+        pipe = pipeline.load_pipeline(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+        pipe = pipeline.optimize(pipe, ModelSettings(model="tiny", device="cpu", **switches))
+        batch = pipeline.ImageBatch(["a fox"], [""], [9], 64, 64, 1, 0.0)
+        return pipe, pipeline.generate(pipe, batch)[0]
+
+    fused_pipe, fused = image(fuse_qkv=True)
+    _, plain = image(fuse_qkv=False)
+    processors = fused_pipe.unet.attn_processors.values()
+    assert all(isinstance(p, FusedAttnProcessor2_0) for p in processors)
+    assert np.abs(fused.astype(int) - plain.astype(int)).max() <= 2
+
+
+def test_full_architecture_has_sd_turbo_sizes():
+    from optimize.full import build_components
+
+    parts = build_components(device="meta")  # shapes only, no memory
+    millions = {
+        name: sum(p.numel() for p in parts[name].parameters()) / 1e6
+        for name in ("unet", "vae", "text_encoder")
+    }
+    # SD 2.x / SD-Turbo: UNet 865.9M, VAE 83.7M, OpenCLIP ViT-H text tower 340.4M.
+    assert millions["unet"] == pytest.approx(865.9, abs=0.1)
+    assert millions["vae"] == pytest.approx(83.65, abs=0.1)
+    assert millions["text_encoder"] == pytest.approx(340.4, abs=0.1)
+    assert parts["vae"].config.scaling_factor == 0.18215
+    assert parts["scheduler"].config.timestep_spacing == "trailing"
+
+
+# --- scripts --------------------------------------------------------------------------------
+
+
+def test_gpu_benchmark_parses_args_and_fails_clearly_without_cuda():
+    assert run_module("loadtest.bench_gpu", "--help").returncode == 0
+    assert run_module("loadtest.bench_gpu", "--variants", "nope").returncode == 2
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the no-GPU message does not apply")
+    proc = run_module("loadtest.bench_gpu", "--variants", "eager")
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr
+
+
+def test_gpu_benchmark_smoke_runs_its_variants_on_cpu(tmp_path):
+    output = tmp_path / "gpu.json"
+    proc = run_module(
+        "loadtest.bench_gpu", "--device", "cpu", "--model", "tiny", "--variants",
+        "eager,fuse_qkv", "--batch-sizes", "1,2", "--size", "64", "--iters", "2",
+        "--output", str(output),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ms/img b1" in proc.stdout and "img/s b2" in proc.stdout
+    rows = json.loads(output.read_text())
+    assert [row["variant"] for row in rows] == ["eager", "fuse_qkv"]
+    assert all(row["batches"]["2"]["images_per_s"] > 0 for row in rows)
+
+
+def test_cli_help_lists_the_build_options():
+    proc = run_module("optimize", "build", "--help")
+    assert proc.returncode == 0
+    for option in (
+        "--model",
+        "--output",
+        "--device",
+        "--compile",
+        "--batch-sizes",
+        "--sizes",
+        "--upload",
+    ):
+        assert option in proc.stdout
+
+
+# --- upload to S3 (moto server on loopback) --------------------------------------------------
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="models")
+    yield endpoint, client
+    server.stop()
+
+
+@pytest.mark.integration
+def test_upload_tarball_and_folder_with_progress(plain_tarball, tmp_path, s3, capsys):
+    endpoint, client = s3
+    urls = upload(plain_tarball, "s3://models/sd-turbo/", endpoint)
+    assert urls == ["s3://models/sd-turbo/model.tar.gz"]
+    head = client.head_object(Bucket="models", Key="sd-turbo/model.tar.gz")
+    assert head["ContentLength"] == plain_tarball.stat().st_size
+    assert "100.0%" in capsys.readouterr().err
+
+    with tarfile.open(plain_tarball) as tar:
+        tar.extractall(tmp_path / "folder", filter="data")
+    urls = upload(tmp_path / "folder", "s3://models/uncompressed", endpoint)
+    keys = {
+        o["Key"]
+        for o in client.list_objects_v2(Bucket="models", Prefix="uncompressed/")["Contents"]
+    }
+    assert "uncompressed/model_index.json" in keys
+    assert f"uncompressed/{compile_cache.MANIFEST_NAME}" in keys
+    assert len(urls) == len(keys)
+
+
+# --- the compiled artifact, end to end (slow) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_artifact(tmp_path_factory) -> Path:
+    """Built by the CLI in its own process, as a user would (compiles UNet and VAE decoder)."""
+    output = tmp_path_factory.mktemp("compiled") / "model.tar.gz"
+    proc = run_module(
+        "optimize",
+        "build",
+        "--model",
+        "tiny",
+        "--device",
+        "cpu",
+        "--output",
+        str(output),
+        "--compile-mode",
+        COMPILED["compile_mode"],
+        "--sizes",
+        "64",
+        "--batch-sizes",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = output.parent / "extracted"
+    with tarfile.open(output) as tar:
+        tar.extractall(folder, filter="data")
+    return folder
+
+
+@pytest.mark.slow
+def test_compiled_artifact_ships_its_cache_and_shapes(compiled_artifact):
+    manifest = compile_cache.read_manifest(compiled_artifact)
+    compiled = manifest["compile"]
+    assert compiled["enabled"] and compiled["mode"] == "default"
+    assert compiled["shapes"] == [{"batch_size": 1, "height": 64, "width": 64}]
+    cache = manifest["compile_cache"]
+    assert (compiled_artifact / cache["file"]).stat().st_size == cache["bytes"] > 0
+    assert cache["artifacts"].get("inductor", 0) >= 2  # at least UNet and VAE decoder
+    assert any((compiled_artifact / compile_cache.KERNELS_NAME).rglob("*.so"))
+    assert manifest["serve_settings"]["compile_batch_sizes"] == [1]
+
+
+CHILD_START = """
+import json, logging, sys
+import torch
+from torch._dynamo.utils import counters
+from serve_app import pipeline
+from serve_app.config import ModelSettings
+logging.basicConfig(level=logging.INFO)
+settings = ModelSettings.model_validate_json(sys.argv[1])
+pipe, timings = pipeline.prepare(settings)
+print(json.dumps({"timings": timings, "inductor": dict(counters["inductor"])}))
+"""
+
+
+@pytest.mark.slow
+def test_a_fresh_process_starts_from_the_cache_without_compiling_anew(compiled_artifact, tmp_path):
+    settings = ModelSettings(model=str(compiled_artifact), device="cpu", **COMPILED)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD_START, settings.model_dump_json()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        # One thread, as in a Ray replica with num_cpus=1; the build used every core.
+        env={
+            **os.environ,
+            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache"),
+            "OMP_NUM_THREADS": "1",
+        },
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "compile cache loaded" in proc.stderr
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])["inductor"]
+    # Every graph (UNet and VAE decoder) came from the artifact; nothing compiled anew.
+    assert counts.get("fxgraph_cache_hit", 0) >= 2
+    assert counts.get("fxgraph_cache_miss", 0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_server_starts_from_the_extracted_artifact_and_returns_an_image(
+    compiled_artifact, ray_cluster
+):
+    from ray import serve
+
+    args = {
+        "model": str(compiled_artifact),
+        "device": "cpu",
+        **COMPILED,
+        "max_batch_size": 2,
+        "batch_wait_timeout_s": 0.05,
+    }
+    server = start_app(args, free_port())
+    try:
+        # Unhealthy while it loaded and compiled; healthy only once warm.
+        assert 503 in server.ping_statuses and server.ping_statuses[-1] == 200
+        response = server.predict(width=64, height=64, seed=3)
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == str(compiled_artifact)
+    finally:
+        serve.shutdown()
