@@ -15,8 +15,27 @@ def _wants_gpu(args: AppArgs) -> bool:
     return torch.cuda.is_available()
 
 
+def _with_artifact_settings(args: AppArgs) -> AppArgs:
+    """An artifact from `optimize build` names the settings its compile cache was made with;
+    use them for every setting the caller left unset, when it was built for this device kind."""
+    from pathlib import Path
+
+    from serve_app.compile_cache import read_manifest_quietly
+
+    manifest = read_manifest_quietly(args.model) if Path(args.model).is_dir() else None
+    if not manifest:
+        return args
+    device_kind = "cuda" if _wants_gpu(args) else "cpu"
+    if manifest.get("environment", {}).get("device_kind") != device_kind:
+        return args  # the server logs why the cache does not fit
+    built = manifest.get("serve_settings", {})
+    unset = {key: value for key, value in built.items() if key not in args.model_fields_set}
+    return AppArgs.model_validate({**args.model_dump(), **unset})
+
+
 def build_app(args: AppArgs) -> Application:
     """Build the two-deployment application: a light HTTP ingress and the batching model."""
+    args = _with_artifact_settings(args)
     if args.min_replicas == args.max_replicas:
         scaling = {"num_replicas": args.min_replicas}
     else:

@@ -82,3 +82,27 @@ def test_serve_config_yaml_builds_the_same_application():
     args = AppArgs.model_validate(app.args)
     assert args.max_batch_size == 8 and args.model == "stabilityai/sd-turbo"
     assert isinstance(build_app(args.model_copy(update={"device": "cpu"})), Application)
+
+
+def test_an_artifact_supplies_its_serve_settings_unless_the_caller_set_them(tmp_path):
+    from serve_app.app import _with_artifact_settings
+    from serve_app.compile_cache import MANIFEST_NAME
+    from serve_app.config import AppArgs
+
+    def manifest(device_kind: str) -> None:
+        (tmp_path / MANIFEST_NAME).write_text(
+            json.dumps(
+                {
+                    "environment": {"device_kind": device_kind},
+                    "serve_settings": {"compile": True, "warmup_sizes": [64], "fuse_qkv": False},
+                }
+            )
+        )
+
+    manifest("cpu")
+    adopted = _with_artifact_settings(AppArgs(model=str(tmp_path), device="cpu"))
+    assert (adopted.compile, adopted.warmup_sizes, adopted.fuse_qkv) == (True, [64], False)
+    explicit = _with_artifact_settings(AppArgs(model=str(tmp_path), device="cpu", compile=False))
+    assert (explicit.compile, explicit.warmup_sizes) == (False, [64])
+    manifest("cuda")  # built for another device kind: its settings do not apply here
+    assert _with_artifact_settings(AppArgs(model=str(tmp_path), device="cpu")).compile is False
