@@ -149,6 +149,10 @@ def report(results: dict[str, list[dict]]) -> None:
         )
 
 
+# Keys of the JSON output (loadtest.gate reads them).
+PLAIN_FOLDER, ARTIFACT = "plain folder", "artifact"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -185,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         cache_only = Path(work) / "cache-only"
         shutil.copytree(artifact, cache_only, ignore=shutil.ignore_patterns("inductor_cache"))
         starts = {
-            "plain folder": plain_folder(args.model),
-            "artifact": str(artifact),
+            PLAIN_FOLDER: plain_folder(args.model),
+            ARTIFACT: str(artifact),
             "artifact w/o kernels": str(cache_only),
         }
         results: dict[str, list[dict]] = {name: [] for name in starts}

@@ -47,8 +47,10 @@ def startup(options: argparse.Namespace) -> dict:
         if proc.returncode != 0 or not output.exists():
             return {"status": "error", "reason": proc.stderr[-2000:] or proc.stdout[-2000:]}
         result = json.loads(output.read_text())
-    cold = statistics.median(r["time_to_first_image_s"] for r in result["plain_folder"])
-    artifact = statistics.median(r["time_to_first_image_s"] for r in result["artifact"])
+    from loadtest.bench_startup import ARTIFACT, PLAIN_FOLDER
+
+    cold = statistics.median(r["time_to_first_image_s"] for r in result[PLAIN_FOLDER])
+    artifact = statistics.median(r["time_to_first_image_s"] for r in result[ARTIFACT])
     return {"status": "measured", "cold_start_s": cold, "artifact_start_s": artifact}
 
 
