@@ -69,6 +69,20 @@ def child(args: argparse.Namespace) -> None:
     )
 
 
+def _compile_options(args: argparse.Namespace) -> list[str]:
+    """What the build and each timed start share, so both compile the same shapes."""
+    return [
+        "--device",
+        args.device,
+        "--compile-mode",
+        args.compile_mode,
+        "--sizes",
+        ",".join(map(str, args.sizes)),
+        "--batch-sizes",
+        ",".join(map(str, args.batch_sizes)),
+    ]
+
+
 def run_child(model: str, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="inductor-bench-") as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
@@ -79,14 +93,7 @@ def run_child(model: str, args: argparse.Namespace) -> dict:
             "--child",
             "--model",
             model,
-            "--device",
-            args.device,
-            "--compile-mode",
-            args.compile_mode,
-            "--sizes",
-            ",".join(map(str, args.sizes)),
-            "--batch-sizes",
-            ",".join(map(str, args.batch_sizes)),
+            *_compile_options(args),
         ]
         spawned = time.time()
         proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
@@ -109,14 +116,7 @@ def build_artifact(args: argparse.Namespace, output: Path) -> float:
         args.model,
         "--output",
         str(output),
-        "--device",
-        args.device,
-        "--compile-mode",
-        args.compile_mode,
-        "--sizes",
-        ",".join(map(str, args.sizes)),
-        "--batch-sizes",
-        ",".join(map(str, args.batch_sizes)),
+        *_compile_options(args),
     ]
     start = time.perf_counter()
     subprocess.run(command, check=True, capture_output=True)
