@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import threading
-import time
 
 import psutil
-import requests
 
-from loadtest.bench_serving import _free_port
+from loadtest import loadgen
 from serve_app.config import AppArgs
 
+APP = "soak"
 
-def replica_rss(app: str = "soak") -> dict[str, int]:
+
+def replica_rss() -> dict[str, int]:
     """Resident memory of each replica process of this app, by deployment and pid."""
     sizes = {}
     for process in psutil.process_iter(["pid", "cmdline", "memory_info"]):
         title = " ".join(process.info["cmdline"] or [])
-        if title.startswith(f"ray::ServeReplica:{app}:"):
+        if title.startswith(f"ray::ServeReplica:{APP}:"):
             # The title ends with the method running now: keep only the deployment.
             deployment = title.split()[0].split(".")[0].rsplit(":", 1)[-1]
             sizes[f"{deployment}:{process.info['pid']}"] = process.info["memory_info"].rss
@@ -35,67 +33,38 @@ def replica_rss(app: str = "soak") -> dict[str, int]:
 
 
 def soak(url: str, clients: int, seconds: float, interval_s: float, size: int) -> dict:
-    samples: list[tuple[float, float, bool]] = []  # (time, latency, ok)
-    lock = threading.Lock()
-    stop = time.monotonic() + seconds
-
-    def client(index: int) -> None:
-        with requests.Session() as session:
-            i = 0
-            while time.monotonic() < stop:
-                payload = {
-                    "prompt": "soak",
-                    "width": size,
-                    "height": size,
-                    "seed": index * 10**6 + i,
-                }
-                start = time.perf_counter()
-                try:
-                    ok = session.post(url, json=payload, timeout=60).status_code == 200
-                except requests.RequestException:
-                    ok = False
-                with lock:
-                    samples.append((time.monotonic(), time.perf_counter() - start, ok))
-                i += 1
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    begin = time.monotonic()
-    memory = [(0.0, replica_rss())]
-    for thread in threads:
-        thread.start()
-    while time.monotonic() < stop:
-        time.sleep(interval_s)
-        memory.append((time.monotonic() - begin, replica_rss()))
-        with lock:
-            recent = [lat for t, lat, _ in samples if t > time.monotonic() - interval_s]
-        if recent:
-            print(
-                f"t={memory[-1][0]:5.0f}s p50={statistics.median(recent) * 1000:6.1f}ms "
-                f"n={len(recent)} rss_mb={sum(memory[-1][1].values()) / 2**20:.0f}",
-                flush=True,
+    intervals, memory = [], [replica_rss()]
+    for index in range(max(1, round(seconds / interval_s))):
+        samples = loadgen.run(
+            loadgen.closed_loop(
+                url + "/predict",
+                lambda c, i, index=index: loadgen.payload(
+                    size, seed=(index * 1000 + c) * 10**4 + i
+                ),
+                clients,
+                interval_s,
+                timeout_s=60,
             )
-    for thread in threads:
-        thread.join()
-    return summarize(samples, memory, begin, interval_s)
-
-
-def summarize(samples, memory, begin, interval_s) -> dict:
-    intervals: dict[int, list[float]] = {}
-    for t, latency, _ok in samples:
-        intervals.setdefault(int((t - begin) // interval_s), []).append(latency)
-    p50s = [statistics.median(v) * 1000 for _, v in sorted(intervals.items()) if len(v) > 5]
+        )
+        summary = loadgen.summarize(samples, interval_s)
+        memory.append(replica_rss())
+        intervals.append(summary)
+        print(
+            f"t={(index + 1) * interval_s:5.0f}s p50={summary['p50_ms']:6.1f}ms "
+            f"n={summary['requests']} statuses={summary['statuses']} "
+            f"rss_mb={sum(memory[-1].values()) / 2**20:.0f}",
+            flush=True,
+        )
     # Memory after the first interval (allocator and caches warmed) versus the end.
-    warm, end = memory[1][1], memory[-1][1]
+    warm, end = memory[1], memory[-1]
     growth = {name: (end[name] - warm[name]) / warm[name] for name in end if name in warm}
     return {
-        "requests": len(samples),
-        "failures": sum(1 for *_, ok in samples if not ok),
-        "p50_ms_first_interval": p50s[0],
-        "p50_ms_last_interval": p50s[-1],
-        "p50_ms_per_interval": p50s,
+        "requests": sum(s["requests"] for s in intervals),
+        "failures": sum(s["requests"] - s["statuses"].get("200", 0) for s in intervals),
+        "p50_ms_per_interval": [s["p50_ms"] for s in intervals],
         "rss_mb_warm": {k: v / 2**20 for k, v in warm.items()},
         "rss_mb_end": {k: v / 2**20 for k, v in end.items()},
-        "rss_growth_max": max(growth.values()),
+        "rss_growth_max": max(growth.values(), default=0.0),
     }
 
 
@@ -108,27 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output")
     options = parser.parse_args(argv)
 
-    import ray
-    from ray import serve
+    from serve_app.server import free_port, serve_session, wait_until_ready
 
-    from serve_app import build_app
-
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        args = AppArgs(model="tiny", device="cpu", warmup_sizes=[options.size])
-        serve.run(build_app(args), name="soak", route_prefix="/")
-        result = soak(
-            f"http://127.0.0.1:{port}/predict",
-            options.clients,
-            options.minutes * 60,
-            options.interval_s,
-            options.size,
-        )
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    args = AppArgs(model="tiny", device="cpu", warmup_sizes=[options.size])
+    with serve_session(args, port=free_port(), name=APP) as url:
+        wait_until_ready(url)
+        result = soak(url, options.clients, options.minutes * 60, options.interval_s, options.size)
     print(json.dumps({k: v for k, v in result.items() if k != "p50_ms_per_interval"}, indent=2))
     if options.output:
         with open(options.output, "w") as f:

@@ -1,47 +1,34 @@
-"""``python -m optimize build``: the SageMaker model artifact with precompiled weights.
+"""``python -m optimize``: the SageMaker model artifact with precompiled weights.
 
 python -m optimize build --model stabilityai/sd-turbo --output model.tar.gz
 python -m optimize build --model tiny --device cpu --output artifact/ --sizes 64
 python -m optimize build --model sd-turbo-random --output model/ --upload s3://bucket/sd/
+python -m optimize sagemaker-build ...   (the same build, as a SageMaker job on the endpoint's GPU)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
-from optimize.full import FULL_MODEL
+from optimize.sagemaker_job import add_sagemaker_parser
+from serve_app.cli import run_command
+from serve_app.config import ModelSettings, parse_int_list, parse_key_value
+from serve_app.full import FULL_MODEL
+
+DEFAULTS = ModelSettings()  # the server's defaults are the build's: one home
 
 
 def _int_list(text: str) -> list[int]:
     try:
-        values = [int(part) for part in text.split(",") if part.strip()]
+        return parse_int_list(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers, got {text!r}"
-        ) from exc
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m optimize",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+def add_build_parser(commands) -> argparse.ArgumentParser:
     build = commands.add_parser("build", help="write weights, compile cache and manifest")
     build.add_argument(
         "--model",
@@ -59,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
-        default="auto",
+        default=DEFAULTS.device,
         help="target device: fp16 weights for cuda, float32 for cpu; compiling "
         "needs the target present (default: cuda if available)",
     )
@@ -67,32 +54,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="torch.compile every configured shape and ship the cache",
+        help="torch.compile every configured shape and ship the cache (default: on)",
     )
     build.add_argument(
         "--compile-mode",
-        default="max-autotune-no-cudagraphs",
+        default=DEFAULTS.compile_mode,
         help="torch.compile mode (default: %(default)s)",
     )
     build.add_argument(
         "--batch-sizes",
         type=_int_list,
-        default=[1, 2, 4, 8],
-        help="batch sizes to compile, comma-separated (default: 1,2,4,8)",
+        default=DEFAULTS.compile_batch_sizes,
+        help="batch sizes to compile, comma-separated (default: %(default)s)",
     )
     build.add_argument(
         "--sizes",
         type=_int_list,
-        default=[512],
-        help="square resolutions to compile, comma-separated (default: 512)",
+        default=DEFAULTS.warmup_sizes,
+        help="square resolutions to compile, comma-separated (default: %(default)s)",
     )
     build.add_argument(
         "--set",
-        type=_key_value,
+        type=parse_key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other model setting, e.g. --set fuse_qkv=false",
+        help="any other model setting, e.g. --set fuse_qkv=false --set vae=madebyollin/taesd",
     )
     build.add_argument(
         "--upload",
@@ -102,12 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--endpoint-url", help="S3 endpoint (default: AWS's; for tests)")
     build.set_defaults(func=build_command)
+    return build
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m optimize",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_build_parser(commands)
+    add_sagemaker_parser(commands)
     return parser
 
 
 def build_command(args: argparse.Namespace) -> int:
     from optimize.build import build
-    from serve_app.config import ModelSettings
 
     settings = ModelSettings.model_validate(
         {
@@ -137,11 +135,7 @@ def build_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

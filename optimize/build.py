@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from optimize.full import FULL_MODEL, ensure_full_model
 from optimize.pack import pack_tarball, upload
 from serve_app import compile_cache
 from serve_app.config import ModelSettings
@@ -45,11 +44,6 @@ def is_tarball(output: Path) -> bool:
     return output.name.endswith((".tar.gz", ".tgz"))
 
 
-def resolve_source(model: str) -> str:
-    """What ``load_pipeline`` takes: the random full-size model is written to a folder first."""
-    return str(ensure_full_model()) if model == FULL_MODEL else model
-
-
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
@@ -68,11 +62,12 @@ def file_table(folder: Path) -> list[dict]:
 
 def write_weights(settings: ModelSettings, source: str, folder: Path) -> str:
     """Load with the server's loader, drop what serving never uses, write safetensors."""
-    target = resolve_device(settings.device)
+    target = resolve_device(settings.device, require=False)
     dtype = resolve_dtype(settings.dtype, target)
     # fp16 weights for a GPU can be written on any machine: the cast needs no GPU.
     load_device = target if target.type != "cuda" or torch.cuda.is_available() else "cpu"
-    pipe = load_pipeline(source, torch.device(load_device), dtype)
+    # A tiny decoder (settings.vae) is written into the artifact in place of SD's VAE.
+    pipe = load_pipeline(source, torch.device(load_device), dtype, settings.vae)
     unused = {name: None for name in UNUSED_COMPONENTS if name in pipe.components}
     if unused:
         pipe.register_modules(**unused)
@@ -104,7 +99,7 @@ def compile_into(settings: ModelSettings, folder: Path) -> dict:
             "--no-compile to write fp16 weights only"
         )
     with fresh_inductor_cache():
-        _, timings = prepare(settings.model_copy(update={"model": str(folder)}), logger)
+        prepared = prepare(settings.model_copy(update={"model": str(folder)}), logger)
         entry = compile_cache.save(folder)
     shapes = [
         {"batch_size": n, "height": size, "width": size}
@@ -115,7 +110,7 @@ def compile_into(settings: ModelSettings, folder: Path) -> dict:
         "enabled": True,
         "mode": settings.compile_mode,
         "shapes": shapes,
-        "timings_s": timings,
+        "timings_s": prepared.timings,
         "cache": entry,
     }
 
@@ -123,20 +118,10 @@ def compile_into(settings: ModelSettings, folder: Path) -> dict:
 def build_manifest(
     settings: ModelSettings, model: str, pipeline_class: str, folder: Path, compiled: dict
 ) -> dict:
-    target = resolve_device(settings.device)
-    serving = settings.model_dump(
-        include={
-            "dtype",
-            "compile",
-            "compile_mode",
-            "compile_batch_sizes",
-            "compile_vae_decoder",
-            "warmup_sizes",
-            "channels_last",
-            "fuse_qkv",
-            "attention",
-        }
-    )
+    target = resolve_device(settings.device, require=False)
+    # Start the server with these settings so it runs exactly the cached graphs.
+    serving = settings.model_dump(include=set(compile_cache.COMPILE_SETTINGS))
+    serving["vae"] = None  # a tiny decoder is already the artifact's own VAE
     return {
         "format": compile_cache.MANIFEST_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -144,7 +129,6 @@ def build_manifest(
         "pipeline": pipeline_class,
         "dtype": str(resolve_dtype(settings.dtype, target)).removeprefix("torch."),
         "environment": compile_cache.environment(target),
-        # Start the server with these settings so it compiles exactly the cached shapes.
         "serve_settings": serving,
         "compile": compiled,
         "compile_cache": (compiled.get("cache") or {}),
@@ -167,7 +151,7 @@ def build(
     with tempfile.TemporaryDirectory(prefix=".build-", dir=parent) as work:
         folder = Path(work) / "model"
         start = time.perf_counter()
-        pipeline_class = write_weights(settings, resolve_source(settings.model), folder)
+        pipeline_class = write_weights(settings, settings.model, folder)
         timings["weights_s"] = time.perf_counter() - start
         logger.info("weights written in %.1fs", timings["weights_s"])
 

@@ -1,31 +1,33 @@
 """The application builder: ``serve run serve_app:app key=value ...``."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 from ray.serve import Application
 
 from serve_app.config import AppArgs
-from serve_app.ingress import Ingress
 from serve_app.model import SDTurboModel
 
 
-def _wants_gpu(args: AppArgs) -> bool:
-    if args.device != "auto":
-        return args.device == "cuda"
-    import torch  # only to look for a GPU; replicas do the real work
+def visible_gpus(args: AppArgs) -> int:
+    """GPUs this app may use: none on device=cpu, else what torch sees (NVML, no CUDA context)."""
+    if args.device == "cpu":
+        return 0
+    import torch  # only to count GPUs; replicas do the real work
 
-    return torch.cuda.is_available()
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def _with_artifact_settings(args: AppArgs) -> AppArgs:
+def with_artifact_settings(args: AppArgs) -> AppArgs:
     """An artifact from `optimize build` names the settings its compile cache was made with;
     use them for every setting the caller left unset, when it was built for this device kind."""
-    from pathlib import Path
-
     from serve_app.compile_cache import read_manifest_quietly
 
     manifest = read_manifest_quietly(args.model) if Path(args.model).is_dir() else None
     if not manifest:
         return args
-    device_kind = "cuda" if _wants_gpu(args) else "cpu"
+    device_kind = "cuda" if visible_gpus(args) else "cpu"
     if manifest.get("environment", {}).get("device_kind") != device_kind:
         return args  # the server logs why the cache does not fit
     built = manifest.get("serve_settings", {})
@@ -33,30 +35,36 @@ def _with_artifact_settings(args: AppArgs) -> AppArgs:
     return AppArgs.model_validate({**args.model_dump(), **unset})
 
 
-def build_app(args: AppArgs) -> Application:
-    """Build the two-deployment application: a light HTTP ingress and the batching model."""
-    args = _with_artifact_settings(args)
-    if args.min_replicas == args.max_replicas:
-        scaling = {"num_replicas": args.min_replicas}
-    else:
-        scaling = {
-            "autoscaling_config": {
-                "min_replicas": args.min_replicas,
-                "max_replicas": args.max_replicas,
-                "initial_replicas": max(args.min_replicas, 1),
-                # One full batch in flight per replica is the steady state worth scaling to.
-                "target_ongoing_requests": args.max_batch_size,
-                "upscale_delay_s": 2,
-                "downscale_delay_s": 60,
-            }
+def replica_options(args: AppArgs, gpus: int) -> dict:
+    """One replica per visible GPU unless told otherwise; autoscaling when min != max."""
+    low = args.min_replicas if args.min_replicas is not None else max(gpus, 1)
+    high = args.max_replicas if args.max_replicas is not None else max(low, 1)
+    if low == high:
+        return {"num_replicas": low}
+    return {
+        "autoscaling_config": {
+            "min_replicas": low,
+            "max_replicas": high,
+            "initial_replicas": max(low, 1),
+            # One full batch in flight per replica is the steady state worth scaling to.
+            "target_ongoing_requests": args.max_batch_size,
+            "upscale_delay_s": 2,
+            "downscale_delay_s": 60,
         }
-    num_gpus = args.num_gpus if args.num_gpus is not None else float(_wants_gpu(args))
+    }
+
+
+def build_app(args: AppArgs, backend_factory=None) -> Application:
+    """One deployment: each replica is the HTTP ingress and the batching model.
+
+    ``backend_factory`` (tests only) replaces the diffusers backend, e.g. to inject faults.
+    """
+    args = with_artifact_settings(args)
+    gpus = visible_gpus(args)
+    num_gpus = args.num_gpus if args.num_gpus is not None else (1.0 if gpus else 0.0)
     model = SDTurboModel.options(
-        **scaling,
+        **replica_options(args, gpus),
         user_config=args.batch_config().model_dump(),
-        # Batches only fill if a replica accepts at least a batch's worth of requests.
-        max_ongoing_requests=args.max_ongoing_requests or 2 * args.max_batch_size,
-        max_queued_requests=args.max_queued_requests,
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": num_gpus},
-    ).bind(args.model_settings())
-    return Ingress.bind(model, args.model, args.request_timeout_s)
+    )
+    return model.bind(args.model_settings(), args.request_timeout_s, backend_factory)

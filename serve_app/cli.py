@@ -1,4 +1,6 @@
-"""``sdturbo``: the SageMaker container entrypoint (``sdturbo serve``) and client commands."""
+"""``sdturbo``: the SageMaker container entrypoint (``sdturbo serve``) and the client
+(``sdturbo invoke``). ``serve`` needs the ``serve`` extra; ``invoke`` needs only the client.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +10,135 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from serve_app.client import add_invoke_parser
-from serve_app.config import DEFAULT_MODEL
+from serve_app.config import ENV_PREFIX, parse_key_value
 
 SAGEMAKER_MODEL_DIR = Path("/opt/ml/model")
 # SageMaker kills the container 30 s after SIGTERM; leave time for Ray to stop after draining.
 DRAIN_TIMEOUT_S = 20.0
+APP_NAME = "sdturbo"
 logger = logging.getLogger("sdturbo")
 
 
-def default_model() -> str:
-    """SageMaker extracts the model artifact to /opt/ml/model; use it when it holds a pipeline."""
+class StartupError(Exception):
+    """Serving cannot start; one line says why."""
+
+
+def model_source(explicit: str | None, environ=None) -> str:
+    """--model, else SDTURBO_MODEL, else SageMaker's /opt/ml/model, which must hold a pipeline:
+    with network isolation a hub id could never be downloaded."""
+    environ = os.environ if environ is None else environ
+    model = explicit or environ.get(f"{ENV_PREFIX}MODEL")
+    if model:
+        return model
     if (SAGEMAKER_MODEL_DIR / "model_index.json").is_file():
         return str(SAGEMAKER_MODEL_DIR)
-    return DEFAULT_MODEL
+    raise StartupError(
+        f"{SAGEMAKER_MODEL_DIR} holds no model (no model_index.json): SageMaker copies the "
+        "model artifact there (python -m optimize build); give --model to serve another"
+    )
 
 
-def serve_command(args: argparse.Namespace) -> int:
-    import ray
+def app_args(args: argparse.Namespace):
+    """Settings: --set over SDTURBO_* environment variables over the defaults."""
+    from pydantic import ValidationError
+
+    from serve_app.config import AppArgs, settings_from_environment
+
+    values = {**settings_from_environment(), **dict(args.set)}
+    values["model"] = model_source(args.model or values.get("model"))
+    try:
+        return AppArgs.model_validate(values)
+    except ValidationError as exc:
+        raise StartupError(f"invalid settings: {exc}") from None
+
+
+def check_before_start(settings) -> None:
+    """Fail in seconds, with one line, on what would otherwise fail inside Ray."""
+    try:
+        from serve_app.pipeline import resolve_device, resolve_model_path
+    except ImportError as exc:
+        raise StartupError(
+            f"the server is not installed ({exc}): pip install 'sdturbo[serve]'"
+        ) from None
+    try:
+        resolve_device(settings.device)
+        resolve_model_path(settings.model)
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise StartupError(str(exc)) from None
+
+
+def drain_replicas(timeout_s: float) -> int:
+    """Ask every model replica to refuse new requests and finish accepted ones."""
     from ray import serve
 
-    from serve_app.app import build_app
-    from serve_app.config import AppArgs
+    deployment = serve.status().applications[APP_NAME].deployments["SDTurboModel"]
+    replicas = sum(deployment.replica_states.values()) or 1
+    handle = serve.get_deployment_handle("SDTurboModel", app_name=APP_NAME)
+    remaining: dict[int, int] = {}
+    deadline = time.monotonic() + timeout_s
+    # Serve has no broadcast: calls spread over replicas; repeat until each one answered.
+    while len(remaining) < replicas and time.monotonic() < deadline:
+        left = max(0.1, deadline - time.monotonic())
+        calls = [handle.drain.remote(left) for _ in range(2 * replicas)]
+        for call in calls:
+            info = call.result()
+            remaining[info["pid"]] = info["remaining"]
+    return sum(remaining.values())
 
-    app_args = AppArgs.model_validate({"model": args.model or default_model(), **dict(args.set)})
-    # address="local": always a fresh single-node cluster for this container, never another one.
-    ray.init(address="local", include_dashboard=False, log_to_driver=True)
-    stop = threading.Event()
-    # SageMaker sends SIGTERM, then SIGKILL 30 s later: drain in-flight requests, then exit.
-    # Installed after ray.init (which sets its own exit-at-once handler), before the app starts.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(build_app(app_args), name="sdturbo", route_prefix="/")
-    logger.info("serving %s on %s:%d", app_args.model, args.host, args.port)
-    stop.wait()
-    logger.info("SIGTERM: refusing new requests, draining those in flight")
-    ingress = serve.get_deployment_handle("Ingress", app_name="sdturbo")
-    remaining = ingress.drain.remote(DRAIN_TIMEOUT_S).result()
-    logger.info("drained (%d requests still running); shutting down", remaining)
-    serve.shutdown()
-    ray.shutdown()
+
+def watch(stop: threading.Event) -> int:
+    """Until SIGTERM: exit 1 if the model fails to load (SageMaker then replaces the host)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("SDTurboModel", app_name=APP_NAME)
+    ready = False
+    while not stop.wait(1.0):
+        app = serve.status().applications.get(APP_NAME)
+        if app is not None and app.status == "DEPLOY_FAILED":
+            logger.error("sdturbo serve: the model failed to load: %s", app.message)
+            return 1
+        try:
+            info = handle.info.remote().result(timeout_s=10)
+        except Exception:  # a replica being replaced; Serve reports it in its log
+            continue
+        if info["status"] == "failed":
+            logger.error("sdturbo serve: the model failed to load; see the error above")
+            return 1
+        if info["status"] == "healthy" and not ready:
+            ready = True
+            timings = ", ".join(f"{k} {v:.1f}" for k, v in info["startup_timings"].items())
+            logger.info("ready: model %s warm (%s)", info["model"], timings)
     return 0
 
 
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, value
+def serve_command(args: argparse.Namespace) -> int:
+    try:
+        settings = app_args(args)
+        check_before_start(settings)
+    except StartupError as exc:
+        print(f"sdturbo serve: error: {exc}", file=sys.stderr)
+        return 2
+    from serve_app.server import serve_session
+
+    stop = threading.Event()
+    with serve_session(
+        settings, host=args.host, port=args.port, name=APP_NAME, log_to_driver=True
+    ) as url:
+        # SageMaker sends SIGTERM, then SIGKILL 30 s later: drain in-flight requests, then exit.
+        # Installed after ray.init (which sets its own exit-at-once handler).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        logger.info("serving %s on %s (loading; /ping is 200 once warm)", settings.model, url)
+        code = watch(stop)
+        if code == 0:
+            logger.info("SIGTERM: refusing new requests, draining those in flight")
+            remaining = drain_replicas(DRAIN_TIMEOUT_S)
+            logger.info("drained (%d requests still running); shutting down", remaining)
+    return code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,12 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser(
-        "serve", help="serve the SageMaker contract (/ping, /invocations)"
+        "serve", help="serve the SageMaker contract (/ping, /invocations) and /predict"
     )
     serve_parser.add_argument(
         "--model",
-        help=f"hub id, local folder or 'tiny' (default: /opt/ml/model if it holds a "
-        f"pipeline, else {DEFAULT_MODEL})",
+        help=f"hub id, local folder or 'tiny' (default: ${ENV_PREFIX}MODEL, else "
+        f"{SAGEMAKER_MODEL_DIR}, which must then hold a pipeline)",
     )
     serve_parser.add_argument("--host", default="0.0.0.0")
     serve_parser.add_argument(
@@ -82,23 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument(
         "--set",
-        type=_key_value,
+        type=parse_key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any application argument, e.g. --set max_batch_size=16",
+        help=f"any server setting, e.g. --set max_batch_size=16 (or {ENV_PREFIX}MAX_BATCH_SIZE=16 "
+        "in the environment)",
     )
     serve_parser.set_defaults(func=serve_command)
     add_invoke_parser(commands)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse, set up logging, run the chosen subcommand (``sdturbo``, ``python -m optimize``)."""
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -20,19 +20,16 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from pydantic import ValidationError
+
+from serve_app.schemas import GenerateRequest
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
-# Request fields of the API (serve_app.schemas.GenerateRequest) and the options that set them.
-REQUEST_OPTIONS = {
-    "negative_prompt": "negative_prompt",
-    "num_inference_steps": "steps",
-    "guidance_scale": "guidance_scale",
-    "seed": "seed",
-    "width": "width",
-    "height": "height",
-    "num_images": "num_images",
-    "output_format": "format",
-}
+# Every request field is an option, typed, bounded and described by the API's own schema
+# (serve_app.schemas.GenerateRequest); the shorter spellings of earlier releases stay as aliases.
+ALIASES = {"num_inference_steps": "--steps", "output_format": "--format"}
+JSON_TYPES = {"integer": int, "number": float, "string": str}
 
 
 class InvokeError(Exception):
@@ -40,13 +37,39 @@ class InvokeError(Exception):
 
 
 def build_request(args: argparse.Namespace) -> dict:
-    """The JSON body: the prompt and every option that was given (the server has the defaults)."""
+    """The JSON body: the prompt and every option given (the server has the defaults), checked
+    against the request schema before anything is sent."""
     body = {"prompt": args.prompt}
-    for field, option in REQUEST_OPTIONS.items():
-        value = getattr(args, option)
-        if value is not None:
+    for field in GenerateRequest.model_fields:
+        value = getattr(args, field, None)
+        if field != "prompt" and value is not None:
             body[field] = value
+    try:
+        GenerateRequest.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise InvokeError(f"invalid request: {problems}") from None
     return body
+
+
+def add_request_options(group) -> None:
+    properties = GenerateRequest.model_json_schema()["properties"]
+    for field, spec in properties.items():
+        if field == "prompt":
+            continue
+        spec = {**spec, **spec.get("anyOf", [{}])[0]}  # optional fields: the non-null branch
+        flags = [f"--{field.replace('_', '-')}", *([ALIASES[field]] if field in ALIASES else [])]
+        bounds = [f"{spec['minimum']:g}-{spec['maximum']:g}"] if "maximum" in spec else []
+        bounds += [f"multiple of {spec['multipleOf']}"] if "multipleOf" in spec else []
+        group.add_argument(
+            *flags,
+            dest=field,
+            type=JSON_TYPES[spec["type"]],
+            choices=spec.get("enum"),
+            help=spec.get("description", "") + (f" ({', '.join(bounds)})" if bounds else ""),
+        )
 
 
 def _error_text(status: int | str, body: bytes | str) -> str:
@@ -121,8 +144,13 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def submit_async(runtime, s3, endpoint: str, bucket: str, body: dict) -> dict:
-    """Upload the request to s3://bucket/inputs/ and queue it; returns the invoke response."""
-    key = f"inputs/{uuid.uuid4()}.json"
+    """Upload the request to s3://bucket/inputs/direct/ and queue it; returns the invoke response.
+
+    Under inputs/direct/ because the bucket's trigger (infra/trigger.tf) starts an inference for
+    every other request uploaded under inputs/; this one is invoked right here, and without the
+    prefix the model would run it twice.
+    """
+    key = f"inputs/direct/{uuid.uuid4()}.json"
     s3.put_object(
         Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json"
     )
@@ -134,7 +162,14 @@ def submit_async(runtime, s3, endpoint: str, bucket: str, body: dict) -> dict:
     )
 
 
-def _read_if_present(s3, uri: str | None) -> bytes | None:
+def _read_if_present(s3, uri: str | None, denied: set[str] | None = None) -> bytes | None:
+    """The object's bytes, or None while it does not exist yet.
+
+    Without s3:ListBucket on the bucket, S3 answers a missing key with 403 AccessDenied, not
+    404 (S3 API reference, GetObject: "If you don't have the s3:ListBucket permission, Amazon
+    S3 returns an HTTP status code 403"), so a 403 also means "not there yet" while polling;
+    the URI is added to ``denied`` so a timeout can say so.
+    """
     from botocore.exceptions import ClientError
 
     if not uri:
@@ -143,7 +178,12 @@ def _read_if_present(s3, uri: str | None) -> bytes | None:
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return None
+        if code in ("AccessDenied", "403", "Forbidden"):
+            if denied is not None:
+                denied.add(uri)
             return None
         raise
 
@@ -158,33 +198,72 @@ def wait_for_result(
 ) -> bytes:
     """Poll S3 until the output object (returned) or the failure object (raised) appears."""
     start = time.monotonic()
+    denied: set[str] = set()
     while True:
-        output = _read_if_present(s3, output_uri)
+        output = _read_if_present(s3, output_uri, denied)
         if output is not None:
             return output
-        failure = _read_if_present(s3, failure_uri)
+        failure = _read_if_present(s3, failure_uri, denied)
         if failure is not None:
             raise InvokeError(f"endpoint failed: {_error_text('error', failure)}")
         elapsed = time.monotonic() - start
         if elapsed > timeout_s:
-            raise InvokeError(f"no result at {output_uri} after {timeout_s:g} s")
+            hint = ""
+            if denied:
+                hint = (
+                    " (S3 answered 403 AccessDenied: without s3:ListBucket a missing object "
+                    "looks like this, so it may simply not exist; check s3:GetObject on "
+                    f"{', '.join(sorted(denied))} too)"
+                )
+            raise InvokeError(f"no result at {output_uri} after {timeout_s:g} s{hint}")
         if progress:
             progress(elapsed)
         time.sleep(poll_s)
 
 
-def progress_printer(stream=sys.stderr) -> Callable[[float], None]:
-    """Elapsed time on one rewritten line on a terminal; a line every 30 s otherwise (CI logs)."""
-    last = [-30.0]
+class LogLines:
+    """tqdm redraws its line in place with \\r; in a log (not a terminal) each draw is a line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").rstrip("\n")
+        if text.strip():
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_printer(stream=None, total_s: float | None = None) -> Callable[[float], None]:
+    """A tqdm bar of the seconds waited (out of ``total_s``, the timeout) on stderr.
+
+    Redrawn in place on a terminal; at most a line every 30 s otherwise (CI logs). Call the
+    returned function with the elapsed seconds, and its ``close()`` when done.
+    """
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    bar = tqdm(
+        total=total_s,
+        desc="waiting for the async result",
+        unit="s",
+        file=stream if tty else LogLines(stream),
+        mininterval=0.5 if tty else 30,
+        dynamic_ncols=tty,
+        bar_format=(
+            "{desc}: {n:.0f}/{total:.0f} s |{bar}| {elapsed}"
+            if total_s
+            else "{desc}: {n:.0f} s [{elapsed}]"
+        ),
+    )
 
     def show(elapsed: float) -> None:
-        if stream.isatty():
-            stream.write(f"\rwaiting for the async result... {elapsed:5.0f} s")
-            stream.flush()
-        elif elapsed - last[0] >= 30:
-            last[0] = elapsed
-            stream.write(f"waiting for the async result... {elapsed:.0f} s\n")
+        bar.update(max(0.0, elapsed - bar.n))
 
+    show.close = bar.close  # type: ignore[attr-defined]
     return show
 
 
@@ -193,7 +272,7 @@ def invoke_async(runtime, s3, args: argparse.Namespace, body: dict) -> dict:
     print(
         f"queued {response.get('InferenceId', '')} -> {response['OutputLocation']}", file=sys.stderr
     )
-    progress = progress_printer()
+    progress = progress_printer(total_s=args.timeout)
     try:
         output = wait_for_result(
             s3,
@@ -204,8 +283,7 @@ def invoke_async(runtime, s3, args: argparse.Namespace, body: dict) -> dict:
             progress,
         )
     finally:
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
+        progress.close()  # type: ignore[attr-defined]
     return decode_result(output)
 
 
@@ -251,9 +329,16 @@ def _invoke(args: argparse.Namespace, body: dict) -> dict:
 
 
 def invoke_command(args: argparse.Namespace) -> int:
-    body = build_request(args)
+    try:
+        body = build_request(args)
+    except InvokeError as exc:
+        print(f"sdturbo invoke: error: {exc}", file=sys.stderr)
+        return 2
     if args.timeout is None:
-        args.timeout = 900.0 if args.use_async else 120.0
+        # Async: a request to a sleeping endpoint waits for the scale-out alarm (~2 min), an
+        # instance, the model download and the warm-up, which SageMaker allows up to 1200 s
+        # each (infra: model_data_download_timeout_s, startup_health_check_timeout_s).
+        args.timeout = 3600.0 if args.use_async else 120.0
     try:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -295,15 +380,7 @@ def add_invoke_parser(commands) -> argparse.ArgumentParser:
         help="image file (default sdturbo.<format>); more images get -1, -2... suffixes",
     )
     p.add_argument("--open", action="store_true", help="open the image when done")
-    request = p.add_argument_group("request (server defaults when unset)")
-    request.add_argument("--negative-prompt")
-    request.add_argument("--steps", type=int, help="1-4 inference steps")
-    request.add_argument("--guidance-scale", type=float)
-    request.add_argument("--seed", type=int)
-    request.add_argument("--width", type=int, help="multiple of 8, 64-1024")
-    request.add_argument("--height", type=int, help="multiple of 8, 64-1024")
-    request.add_argument("--num-images", type=int, help="1-4")
-    request.add_argument("--format", choices=list(EXTENSIONS), help="png, jpeg or webp")
+    add_request_options(p.add_argument_group("request (server defaults when unset)"))
     target = p.add_argument_group("target")
     target.add_argument("--url", default=DEFAULT_URL, help=f"local server (default {DEFAULT_URL})")
     target.add_argument("--endpoint", help="SageMaker endpoint name (instead of --url)")
@@ -319,8 +396,8 @@ def add_invoke_parser(commands) -> argparse.ArgumentParser:
     target.add_argument(
         "--timeout",
         type=float,
-        help="seconds to wait for the image (default 120; 900 with --async, "
-        "as a scale from zero takes minutes)",
+        help="seconds to wait for the image (default 120; 3600 with --async, "
+        "as a scale from zero can take half an hour)",
     )
     target.add_argument("--poll-interval", type=float, default=2.0, help=argparse.SUPPRESS)
     p.set_defaults(func=invoke_command)

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from serve_app.config import CompileSettings
+
 logger = logging.getLogger("sdturbo")
 
 MANIFEST_NAME = "sdturbo_manifest.json"
@@ -78,15 +80,19 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-# Keys whose mismatch makes the artifacts unusable. GPU kernels are built for one compute
-# capability; the GPU's marketing name (H100 PCIe vs SXM) does not matter.
-MUST_MATCH = ("torch", "triton", "device_kind", "cuda_capability")
+# What Inductor's FX-graph cache key depends on (torch ``_inductor/codecache.py``: the torch and
+# triton versions, and on CUDA the device's name, compute capability and CUDA version): any
+# mismatch and every graph would miss and compile anew, so say so and do not load. An H100 PCIe
+# artifact on an H100 SXM misses.
+MUST_MATCH = ("torch", "triton", "device_kind")
+MUST_MATCH_CUDA = ("device_name", "cuda_capability", "cuda")
 
 
 def mismatch(manifest: dict, here: dict) -> str | None:
     """Why a manifest's compile cache cannot be used here, or None if it can."""
     built = manifest.get("environment", {})
-    for key in MUST_MATCH:
+    keys = MUST_MATCH + (MUST_MATCH_CUDA if here.get("device_kind") == "cuda" else ())
+    for key in keys:
         if built.get(key) != here.get(key):
             return f"{key} differs (artifact: {built.get(key)}, here: {here.get(key)})"
     return None
@@ -122,17 +128,8 @@ def install_kernels(source: Path) -> int:
 
 
 # Settings that decide which graphs get compiled: where the server's differ from the build's,
-# the shapes it adds compile at start-up as without an artifact.
-COMPILE_SETTINGS = (
-    "compile_mode",
-    "compile_batch_sizes",
-    "warmup_sizes",
-    "compile_vae_decoder",
-    "channels_last",
-    "fuse_qkv",
-    "attention",
-    "dtype",
-)
+# the shapes it adds run uncompiled (no request ever compiles).
+COMPILE_SETTINGS = tuple(CompileSettings.model_fields)
 
 
 def settings_differences(manifest: dict, wanted: dict) -> list[str]:

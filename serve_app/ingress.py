@@ -1,40 +1,53 @@
-"""HTTP routes: thin, validated at the edge, no torch. /predict, /invocations, /ping."""
+"""HTTP routes: thin, validated at the edge, no torch. /predict, /invocations, /ping.
 
-import asyncio
+The routes talk to an engine (``serve_app.engine.Engine``, or any object with its ``generate``,
+``status`` and ``model_name``) kept on ``app.state.engine``: the Ray deployment puts its own
+there, a plain uvicorn process or a test puts another.
+"""
+
+from __future__ import annotations
+
 import base64
-import json
 import logging
-import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    ReplicaUnavailableError,
-)
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
 from serve_app import playground
 from serve_app.config import MAX_BODY_BYTES
+from serve_app.engine import (
+    EngineError,
+    GenerateResult,
+    GenerationFailed,
+    InvalidRequest,
+    ModelUnavailable,
+    Overloaded,
+    ShuttingDown,
+    TimedOut,
+)
 from serve_app.schemas import (
     MEDIA_TYPES,
     ErrorResponse,
     GenerateRequest,
     GenerateResponse,
-    GenerationFailed,
-    InvalidRequest,
     PingResponse,
 )
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger("sdturbo")
 CUSTOM_ATTRIBUTES = "X-Amzn-SageMaker-Custom-Attributes"
-RETRY_AFTER_S = "1"
+RETRY_AFTER = {"Retry-After": "1"}
+# Engine errors by kind: status, error type, and whether a retry may succeed (Retry-After).
+ENGINE_ERRORS: dict[type, tuple[int, str, bool]] = {
+    InvalidRequest: (422, "validation_error", False),
+    Overloaded: (503, "overloaded", True),
+    ShuttingDown: (503, "shutting_down", True),
+    ModelUnavailable: (503, "model_unavailable", True),
+    TimedOut: (504, "timeout", False),
+}
 
 
 class ApiError(Exception):
@@ -46,8 +59,18 @@ class ApiError(Exception):
 
 
 def error_response(status: int, type_: str, message: str, headers: dict | None = None):
-    body = ErrorResponse.model_validate({"error": {"type": type_, "message": message}})
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    body = {"error": {"type": type_, "message": message}}  # the ErrorResponse shape
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def status_of(error: EngineError) -> tuple[int, str, dict | None]:
+    """The HTTP status, error type and headers for an engine error."""
+    if isinstance(error, GenerationFailed):
+        if error.kind == "out_of_memory":
+            return 503, error.kind, RETRY_AFTER
+        return 500, error.kind, None
+    status, type_, retry = ENGINE_ERRORS.get(type(error), (500, "internal_error", False))
+    return status, type_, RETRY_AFTER if retry else None
 
 
 def _describe(errors: list[dict]) -> str:
@@ -58,79 +81,33 @@ def _describe(errors: list[dict]) -> str:
     return "; ".join(parts)
 
 
-api = FastAPI(
-    title="SD-Turbo server",
-    description="Text-to-image with stabilityai/sd-turbo: dynamic batching, SageMaker contract.",
-    version="0.1.0",
-)
-api.include_router(playground.router)
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 406, 413, 415, 422, 500, 503, 504)}
-
-
-@api.exception_handler(ApiError)
-async def _api_error(_: Request, exc: ApiError):
-    return error_response(exc.status, exc.type, exc.message, exc.headers)
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError):
-    errors = exc.errors()
-    for err in errors:
-        if err.get("type") == "json_invalid":
-            reason = err.get("ctx", {}).get("error", "malformed")
-            return error_response(400, "invalid_json", f"request body is not valid JSON: {reason}")
-    return error_response(422, "validation_error", _describe(errors))
-
-
-@api.exception_handler(HTTPException)
-async def _http_error(_: Request, exc: HTTPException):
-    # FastAPI's own errors (unknown route, wrong method, an unparsable body) in our error format.
-    kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-    type_ = kind.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, type_, str(exc.detail), exc.headers)
-
-
-@api.exception_handler(Exception)
-async def _internal_error(_: Request, exc: Exception):
-    logger.exception("unhandled error")
-    return error_response(500, "internal_error", "the server failed to handle this request")
-
-
-@api.middleware("http")
-async def _limit_body(request: Request, call_next):
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return error_response(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
-    return await call_next(request)
-
-
 def parse_body(body: bytes, content_type: str | None) -> GenerateRequest:
-    """Build a request from a JSON body, or from a text/plain body that is the prompt."""
+    """A request from a JSON body, or from a text/plain body that is the prompt."""
     if len(body) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes")
     media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media != "text/plain" and media != "application/json" and not media.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"unsupported content type {media!r}; send application/json or text/plain",
+        )
     try:
-        if media == "text/plain":
-            return GenerateRequest(prompt=body.decode("utf-8"))
-        if media != "application/json" and not media.endswith("+json"):
-            raise ApiError(
-                415,
-                "unsupported_media_type",
-                f"unsupported content type {media!r}; send application/json or text/plain",
-            )
-        payload = json.loads(body)
+        text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_encoding", f"body is not UTF-8: {exc.reason}") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
-    except ValidationError as exc:
-        raise ApiError(422, "validation_error", _describe(exc.errors())) from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, "validation_error", "request body must be a JSON object")
     try:
-        return GenerateRequest.model_validate(payload)
+        if media == "text/plain":
+            return GenerateRequest.model_validate({"prompt": text})
+        return GenerateRequest.model_validate_json(text)
     except ValidationError as exc:
-        raise ApiError(422, "validation_error", _describe(exc.errors())) from None
+        errors = exc.errors(include_url=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            reason = errors[0].get("ctx", {}).get("error", "malformed")
+            raise ApiError(400, "invalid_json", f"body is not valid JSON: {reason}") from None
+        if errors and errors[0]["type"] == "model_type":
+            raise ApiError(422, "validation_error", "body must be a JSON object") from None
+        raise ApiError(422, "validation_error", _describe(errors)) from None
 
 
 def negotiate(accept: str | None, output_format: str) -> str | None:
@@ -155,119 +132,124 @@ def negotiate(accept: str | None, output_format: str) -> str | None:
     return None
 
 
-@serve.deployment(max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
-@serve.ingress(api)
-class Ingress:
-    def __init__(self, model: DeploymentHandle, model_name: str, request_timeout_s: float):
-        self.model = model
-        self.model_name = model_name
-        self.request_timeout_s = request_timeout_s
-        self.in_flight = 0
-        self.draining = False
+def json_body(request: GenerateRequest, result: GenerateResult, model: str) -> dict:
+    encoded = [base64.b64encode(image).decode("ascii") for image in result.images]
+    body = {
+        "image": encoded[0],
+        "seed": result.seeds[0],
+        "seeds": result.seeds,
+        "model": model,
+        "width": request.width,
+        "height": request.height,
+        "num_inference_steps": request.num_inference_steps,
+        "output_format": request.output_format,
+        "warnings": result.warnings,
+        "timings": result.timings.model_dump(),
+    }
+    if len(encoded) > 1:
+        body["images"] = encoded
+    return body
 
-    async def drain(self, timeout_s: float) -> int:
-        """Refuse new work, wait for accepted requests to finish; return how many remain."""
-        self.draining = True
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return self.in_flight
 
-    async def _generate(self, request: GenerateRequest) -> dict:
-        if self.draining:
-            raise ApiError(
-                503,
-                "shutting_down",
-                "the server is shutting down; retry elsewhere",
-                {"Retry-After": RETRY_AFTER_S},
-            )
-        self.in_flight += 1
-        try:
-            return await self._call_model(request)
-        finally:
-            self.in_flight -= 1
+async def generate(request: Request, generate_request: GenerateRequest) -> GenerateResult:
+    return await request.app.state.engine.generate(generate_request)
 
-    async def _call_model(self, request: GenerateRequest) -> dict:
-        start = time.perf_counter()
-        response = self.model.generate.remote(request)
-        try:
-            result = await asyncio.wait_for(response, timeout=self.request_timeout_s)
-        except asyncio.TimeoutError:
-            response.cancel()  # dropped from its batch if it has not started
-            raise ApiError(
-                504, "timeout", f"not done within {self.request_timeout_s:g} s"
-            ) from None
-        except InvalidRequest as exc:
-            raise ApiError(422, "validation_error", str(getattr(exc, "cause", exc))) from None
-        except BackPressureError:
-            raise ApiError(
-                503,
-                "overloaded",
-                "the server is at capacity; retry shortly",
-                {"Retry-After": RETRY_AFTER_S},
-            ) from None
-        except (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError):
-            logger.warning("model replica unavailable", exc_info=True)
-            raise ApiError(
-                503,
-                "model_unavailable",
-                "the model replica restarted; retry shortly",
-                {"Retry-After": RETRY_AFTER_S},
-            ) from None
-        except GenerationFailed as exc:
-            failure = getattr(exc, "cause", exc)
-            status = 503 if failure.kind == "out_of_memory" else 500
-            headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
-            raise ApiError(status, failure.kind, failure.message, headers) from None
-        result["timings"]["total_ms"] = (time.perf_counter() - start) * 1000
-        return result
 
-    def _json_body(self, request: GenerateRequest, result: dict) -> dict:
-        encoded = [base64.b64encode(image).decode("ascii") for image in result["images"]]
-        return GenerateResponse(
-            image=encoded[0],
-            images=encoded if len(encoded) > 1 else None,
-            seed=result["seeds"][0],
-            seeds=result["seeds"],
-            model=result["model"],
-            width=request.width,
-            height=request.height,
-            num_inference_steps=request.num_inference_steps,
-            output_format=request.output_format,
-            warnings=result["warnings"],
-            timings=result["timings"],
-        ).model_dump(exclude_none=True)
+class BodyLimit:
+    """Refuse a declared body over the limit before reading it (pure ASGI: no per-request
+    overhead of Starlette's BaseHTTPMiddleware)."""
 
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                response = error_response(
+                    413, "payload_too_large", f"body exceeds {MAX_BODY_BYTES} bytes"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class Shed:
+    """Refuse generation requests before reading them when the engine would refuse any
+    (queue full, draining, failed): under a flood a 503 then costs no parsing or validation."""
+
+    def __init__(self, app, engine_of):
+        self.app, self.engine_of = app, engine_of
+
+    async def __call__(self, scope, receive, send):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].endswith(GENERATE_PATHS)
+        ):
+            refusal = self.engine_of().refusal()
+            if refusal is not None:
+                status, type_, headers = status_of(refusal)
+                await error_response(status, type_, str(refusal), headers)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+GENERATE_PATHS = ("/predict", "/invocations")
+REQUEST_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}},
+}
+PROMPT_SCHEMA = {
+    key: value
+    for key, value in GenerateRequest.model_json_schema()["properties"]["prompt"].items()
+    if key in ("type", "minLength", "maxLength", "pattern", "description")
+}
+BINARY = {"type": "string", "format": "binary"}
+ERROR = {"model": ErrorResponse}
+RETRYABLE = {
+    **ERROR,
+    "description": "Overloaded, shutting down, out of memory or model unavailable: retry",
+    "headers": {"Retry-After": {"required": True, "schema": {"type": "string"}}},
+}
+ERRORS = {code: ERROR for code in (400, 413, 415, 422, 500, 504)} | {503: RETRYABLE}
+
+
+def _register_routes(api: FastAPI) -> None:
     @api.post(
         "/predict",
         response_model=GenerateResponse,
         responses=ERRORS,
-        response_model_exclude_none=True,
         summary="Generate images (JSON in, JSON with base64 images out)",
+        openapi_extra={"requestBody": REQUEST_BODY},
     )
-    async def predict(self, request: GenerateRequest) -> dict:
-        return self._json_body(request, await self._generate(request))
+    async def predict(request: Request) -> Response:
+        body = parse_body(await request.body(), request.headers.get("content-type"))
+        result = await generate(request, body)
+        return JSONResponse(json_body(body, result, request.app.state.engine.model_name))
 
     @api.post(
         "/invocations",
         response_model=GenerateResponse,
-        responses={**ERRORS, 200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
+        responses={
+            **ERRORS,
+            406: ERROR,
+            200: {"content": {m: {"schema": BINARY} for m in MEDIA_TYPES.values()}},
+        },
         summary="SageMaker inference: JSON or text/plain in; JSON, or raw image bytes by Accept",
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "content": {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/GenerateRequest"}
-                    },
-                    "text/plain": {"schema": {"type": "string", "minLength": 1}},
+                    **REQUEST_BODY["content"],
+                    "text/plain": {"schema": PROMPT_SCHEMA},
                 },
             }
         },
     )
-    async def invocations(self, request: Request) -> Response:
-        generate_request = parse_body(await request.body(), request.headers.get("content-type"))
-        media = negotiate(request.headers.get("accept"), generate_request.output_format)
+    async def invocations(request: Request) -> Response:
+        body = parse_body(await request.body(), request.headers.get("content-type"))
+        media = negotiate(request.headers.get("accept"), body.output_format)
         if media is None:
             raise ApiError(
                 406,
@@ -276,40 +258,84 @@ class Ingress:
             )
         if media != "application/json":
             fmt = next(f for f, m in MEDIA_TYPES.items() if m == media)
-            generate_request = generate_request.model_copy(update={"output_format": fmt})
-        result = await self._generate(generate_request)
+            body = body.model_copy(update={"output_format": fmt})
+        result = await generate(request, body)
         headers = {}
         if CUSTOM_ATTRIBUTES in request.headers:
             headers[CUSTOM_ATTRIBUTES] = request.headers[CUSTOM_ATTRIBUTES]
         if media == "application/json":
-            return JSONResponse(self._json_body(generate_request, result), headers=headers)
-        return Response(result["images"][0], media_type=media, headers=headers)
+            model = request.app.state.engine.model_name
+            return JSONResponse(json_body(body, result, model), headers=headers)
+        return Response(result.images[0], media_type=media, headers=headers)
 
     @api.get(
         "/ping",
         response_model=PingResponse,
-        responses={503: {"model": PingResponse}},
-        summary="200 once a model replica is loaded and warm, 503 before",
+        responses={503: {"model": PingResponse, "description": "Loading, draining or failed"}},
+        summary="200 once the model is loaded and warm; 503 while loading, draining or failed",
     )
-    async def ping(self) -> JSONResponse:
-        replicas = await asyncio.to_thread(self._running_model_replicas)
-        if self.draining:
-            body = PingResponse(status="draining", model=self.model_name, replicas=replicas)
-            return JSONResponse(body.model_dump(), status_code=503)
-        body = PingResponse(
-            status="healthy" if replicas else "unavailable",
-            model=self.model_name,
-            replicas=replicas,
-        )
-        return JSONResponse(body.model_dump(), status_code=200 if replicas else 503)
+    async def ping(request: Request) -> JSONResponse:
+        # Read from the engine's state, kept current by its own threads: no call, no wait.
+        engine = request.app.state.engine
+        status = engine.status
+        body = {"status": status, "model": engine.model_name, "replicas": engine.replicas}
+        return JSONResponse(body, status_code=200 if status == "healthy" else 503)
 
-    def _running_model_replicas(self) -> int:
-        # The controller runs each replica's health check and knows which finished warm-up; asking
-        # it never queues behind generation requests, so /ping stays fast under load.
-        app_name = serve.get_replica_context().app_name
-        try:
-            app = serve.status().applications[app_name]
-            deployment = app.deployments[self.model.deployment_name]
-        except Exception:
-            return 0
-        return sum(n for state, n in deployment.replica_states.items() if state == "RUNNING")
+
+def _register_errors(api: FastAPI) -> None:
+    @api.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError):
+        return error_response(exc.status, exc.type, exc.message, exc.headers)
+
+    @api.exception_handler(EngineError)
+    async def _engine_error(_: Request, exc: EngineError):
+        status, type_, headers = status_of(exc)
+        return error_response(status, type_, str(exc), headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError):
+        return error_response(422, "validation_error", _describe(exc.errors()))
+
+    @api.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException):
+        # FastAPI's own errors (unknown route, wrong method) in our error format.
+        kind = {404: "not_found", 405: "method_not_allowed"}
+        type_ = kind.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, type_, str(exc.detail), exc.headers)
+
+    @api.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception):
+        logger.exception("unhandled error")
+        return error_response(500, "internal_error", "the server failed to handle this request")
+
+
+def create_api() -> FastAPI:
+    """The FastAPI application, without an engine: set ``app.state.engine`` before serving."""
+    api = FastAPI(
+        title="SD-Turbo server",
+        description="Text-to-image with stabilityai/sd-turbo: dynamic batching, SageMaker "
+        "contract (/ping, /invocations).",
+        version="0.2.0",
+    )
+    api.include_router(playground.router)
+    _register_routes(api)
+    _register_errors(api)
+    api.add_middleware(BodyLimit)
+    api.add_middleware(Shed, engine_of=lambda: api.state.engine)  # outermost: runs first
+
+    def openapi() -> dict:
+        # The routes parse their bodies themselves (JSON or text/plain, strictly), so FastAPI
+        # does not see the request model: publish its schema as the routes declare it.
+        if api.openapi_schema is None:
+            schema = get_openapi(
+                title=api.title, version=api.version, description=api.description, routes=api.routes
+            )
+            request_schema = GenerateRequest.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            )
+            schema["components"]["schemas"]["GenerateRequest"] = request_schema
+            api.openapi_schema = schema
+        return api.openapi_schema
+
+    api.openapi = openapi
+    return api

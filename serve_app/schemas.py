@@ -1,86 +1,90 @@
-"""The HTTP API: request, response and error models (the OpenAPI schema at /docs)."""
+"""The HTTP API: request, response and error models (the OpenAPI schema at /docs).
+
+Validation is strict: what the published schema does not allow is refused, nothing is coerced
+(a boolean is not an integer, a string is not a number). Integers accept integral JSON numbers
+such as ``2.0``, which JSON Schema's "integer" also accepts. Patterns use Python's ``re``, the
+engine schemathesis and most Python clients check them with.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_PROMPT_CHARS = 2000
+# At least one character that is not whitespace.
+NOT_BLANK = r"\S"
 
 
-class InvalidRequest(ValueError):
-    """A request that is valid alone but that this server's configuration cannot take."""
+def _integral_float_to_int(value):
+    # JSON Schema: 2.0 is an integer; 2.5 and true are not (strict mode refuses those).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
-class GenerationFailed(RuntimeError):
-    """A request the model could not finish; ``kind`` is 'out_of_memory' or 'internal_error'."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(kind, message)  # both in args, so it survives pickling across Ray
-
-    @property
-    def kind(self) -> str:
-        return self.args[0]
-
-    @property
-    def message(self) -> str:
-        return self.args[1]
+INTEGRAL = BeforeValidator(_integral_float_to_int)
+Integer = Annotated[int, INTEGRAL]
 
 
 class GenerateRequest(BaseModel):
     """One text-to-image request."""
 
     model_config = ConfigDict(
+        strict=True,
         extra="forbid",
+        regex_engine="python-re",
         json_schema_extra={"examples": [{"prompt": "a cat astronaut on the moon", "seed": 42}]},
     )
 
-    prompt: str = Field(..., min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    prompt: str = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        pattern=NOT_BLANK,
+        description="What to draw; CLIP reads its first 77 tokens.",
+    )
     negative_prompt: str | None = Field(
         None,
         max_length=MAX_PROMPT_CHARS,
         description="What to avoid; used only with guidance_scale > 1.",
     )
-    num_inference_steps: int = Field(
+    num_inference_steps: Integer = Field(
         1, ge=1, le=4, description="Denoising steps; SD-Turbo is distilled for 1 to 4."
     )
     guidance_scale: float = Field(
         0.0,
         ge=0.0,
         le=10.0,
+        allow_inf_nan=False,
         description="Classifier-free guidance; SD-Turbo was trained without it (0, model card).",
     )
-    seed: int | None = Field(
+    # Bounds before the validator in the chain, or pydantic publishes them as "ge"/"le".
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), INTEGRAL] | None = Field(
         None,
-        ge=0,
-        le=2**32 - 1,
-        description=(
-            "Same seed, same image, alone or batched; image i uses seed + i; random if unset."
-        ),
+        description="Same seed, same image, alone or batched; image i uses seed + i; random if "
+        "unset.",
     )
-    width: int = Field(512, ge=64, le=1024, multiple_of=8, description="Image width in pixels.")
-    height: int = Field(512, ge=64, le=1024, multiple_of=8, description="Image height in pixels.")
-    num_images: int = Field(1, ge=1, le=4, description="Images for this prompt.")
+    width: Integer = Field(512, ge=64, le=1024, multiple_of=8, description="Width in pixels.")
+    height: Integer = Field(512, ge=64, le=1024, multiple_of=8, description="Height in pixels.")
+    num_images: Integer = Field(1, ge=1, le=4, description="Images for this prompt.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
 
-    @field_validator("prompt")
-    @classmethod
-    def _not_blank(cls, prompt: str) -> str:
-        if not prompt.strip():
-            raise ValueError("prompt must contain non-whitespace text")
-        return prompt
+    def shape_key(self) -> tuple:
+        """Requests with equal keys can share one pipeline call."""
+        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
 
 
 class Timings(BaseModel):
     """Where this request's time went, in milliseconds."""
 
-    queue_ms: float = Field(description="Waiting in the model replica for its batch to start.")
+    queue_ms: float = Field(description="Waiting for the model to take it into a batch.")
     inference_ms: float = Field(description="The pipeline call of the batch this request ran in.")
     encode_ms: float = Field(description="Encoding this request's images.")
-    total_ms: float = Field(description="From the ingress receiving the request to the response.")
+    total_ms: float = Field(description="From the route receiving the request to the response.")
     batch_size: int = Field(description="Images in the pipeline call this request ran in.")
 
 
@@ -92,6 +96,11 @@ class GenerateResponse(BaseModel):
     seed: int = Field(description="Seed of the first image.")
     seeds: list[int] = Field(description="Seed of every image.")
     model: str
+    replicas: int | None = Field(
+        None,
+        description="Running model replicas as Serve's controller last reported them (read "
+        "every few seconds in the background; null until first read).",
+    )
     width: int
     height: int
     num_inference_steps: int
@@ -112,6 +121,7 @@ class ErrorResponse(BaseModel):
 
 
 class PingResponse(BaseModel):
-    status: Literal["healthy", "unavailable", "draining"]
+    status: Literal["healthy", "loading", "draining", "failed"] = Field(
+        description="healthy: loaded and warm; loading: weights, compile or warm-up under way."
+    )
     model: str
-    replicas: int = Field(description="Running model replicas.")

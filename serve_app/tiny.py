@@ -12,13 +12,18 @@ import os
 from pathlib import Path
 
 TINY_MODEL = "tiny"
+# AutoencoderTiny's default config is TAESD's (madebyollin/taesd): the real decoder's shape.
+TAESD_RANDOM = "taesd-random"
 # Bump when the architecture below changes, so a cached copy is rebuilt.
 TINY_VERSION = "1"
 
 
+def cache_root() -> Path:
+    return Path(os.environ.get("SDTURBO_CACHE") or Path.home() / ".cache" / "sdturbo")
+
+
 def default_cache_dir() -> Path:
-    root = os.environ.get("SDTURBO_CACHE") or Path.home() / ".cache" / "sdturbo"
-    return Path(root) / f"tiny-v{TINY_VERSION}"
+    return cache_root() / f"tiny-v{TINY_VERSION}"
 
 
 def _byte_level_vocab() -> dict[str, int]:
@@ -103,17 +108,36 @@ def build_tiny_pipeline(seed: int = 0):
     )
 
 
-def ensure_tiny_model(folder: Path | None = None) -> Path:
-    """Build and save the tiny model once; return the folder ``from_pretrained`` loads."""
-    folder = Path(folder) if folder else default_cache_dir()
-    if (folder / "model_index.json").is_file():
+def save_once(folder: Path, build, marker: str = "config.json") -> Path:
+    """Build and ``save_pretrained`` into folder once; concurrent callers never see half of it."""
+    if (folder / marker).is_file():
         return folder
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    build_tiny_pipeline().save_pretrained(staging)
-    (staging / "TINY_MODEL.json").write_text(json.dumps({"version": TINY_VERSION}))
+    build().save_pretrained(staging)
+    (staging / "SDTURBO_BUILT.json").write_text(json.dumps({"version": TINY_VERSION}))
     try:
-        staging.rename(folder)  # atomic: concurrent replicas never see half a model
+        staging.rename(folder)  # atomic
     except OSError:
-        if not (folder / "model_index.json").is_file():
+        if not (folder / marker).is_file():
             raise
     return folder
+
+
+def ensure_tiny_model(folder: Path | None = None) -> Path:
+    """Build and save the tiny model once; return the folder ``from_pretrained`` loads."""
+    return save_once(
+        Path(folder) if folder else default_cache_dir(), build_tiny_pipeline, "model_index.json"
+    )
+
+
+def build_taesd_random(seed: int = 0):
+    """TAESD's architecture (AutoencoderTiny's defaults) with seeded random weights."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny()
+
+
+def ensure_taesd_random() -> Path:
+    return save_once(cache_root() / f"taesd-random-v{TINY_VERSION}", build_taesd_random)

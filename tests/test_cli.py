@@ -12,55 +12,71 @@ import pytest
 import requests
 from PIL import Image
 
-from serve_app.cli import build_parser, default_model
-from tests.conftest import free_port
+from serve_app import cli
+from serve_app.config import settings_from_environment
+from serve_app.server import free_port, wait_until_ready
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-def test_serve_defaults_to_sagemaker_port_and_model_dir(monkeypatch):
+def test_settings_come_from_set_over_environment_over_defaults(monkeypatch):
+    monkeypatch.setenv("SDTURBO_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("SDTURBO_WARMUP_SIZES", "256,512")
+    monkeypatch.setenv("SDTURBO_NOT_A_SETTING", "x")
     monkeypatch.setenv("SAGEMAKER_BIND_TO_PORT", "9123")
-    args = build_parser().parse_args(["serve"])
+    assert settings_from_environment() == {"max_batch_size": "16", "warmup_sizes": "256,512"}
+    args = cli.build_parser().parse_args(["serve", "--model", "tiny", "--set", "max_batch_size=4"])
     assert (args.port, args.host) == (9123, "0.0.0.0")
-    # /opt/ml/model holds no pipeline here, so the hub id is the default.
-    assert default_model() == "stabilityai/sd-turbo"
+    settings = cli.app_args(args)
+    assert (settings.max_batch_size, settings.warmup_sizes) == (4, [256, 512])
 
 
+def test_without_a_model_in_opt_ml_model_serve_fails_at_once_with_one_line(tmp_path):
+    sdturbo = shutil.which("sdturbo")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDTURBO_")}
+    start = time.monotonic()
+    proc = subprocess.run([sdturbo, "serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "/opt/ml/model holds no model" in lines[0], proc.stderr
+    assert time.monotonic() - start < 15
+
+
+def test_device_cuda_without_a_gpu_fails_at_once_not_on_the_cpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    sdturbo = shutil.which("sdturbo")
+    env = {**os.environ, "SDTURBO_DEVICE": "cuda"}
+    proc = subprocess.run(
+        [sdturbo, "serve", "--model", "tiny"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "device=cuda but torch" in proc.stderr and "sees no usable GPU" in proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
 def test_sdturbo_serve_answers_ping_and_invocations_then_drains_on_sigterm(tmp_path):
     port = free_port()
-    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port)}
+    # Settings as SageMaker passes them: the model's environment.
+    env = {
+        **os.environ,
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "SDTURBO_WARMUP_SIZES": "64",
+        "SDTURBO_DEVICE": "cpu",
+    }
     log = (tmp_path / "serve.log").open("wb")
     # Exactly what the image runs: ENTRYPOINT ["sdturbo"] + SageMaker's "serve" argument.
-    sdturbo = shutil.which("sdturbo")
-    assert sdturbo, "the sdturbo console script is not installed (pip install -e .)"
     process = subprocess.Popen(
-        [
-            sdturbo,
-            "serve",
-            "--model",
-            "tiny",
-            "--set",
-            "warmup_sizes=64",
-            "--set",
-            "device=cpu",
-        ],
+        [shutil.which("sdturbo"), "serve", "--model", "tiny"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            try:
-                if requests.get(url + "/ping", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        else:
-            pytest.fail("sdturbo serve never answered /ping with 200")
+        statuses = wait_until_ready(url, timeout_s=180)
+        assert 503 in statuses, statuses  # loading, then warm
         response = requests.post(
             url + "/invocations",
             json={"prompt": "a cat astronaut", "width": 64, "height": 64},
@@ -85,12 +101,15 @@ def test_sdturbo_serve_answers_ping_and_invocations_then_drains_on_sigterm(tmp_p
             try:
                 late = requests.post(url + "/predict", json=slow, timeout=10)
                 assert late.status_code == 503, late.text
+                assert late.json()["error"]["type"] == "shutting_down"
             except requests.ConnectionError:
                 pass  # already closed: refused either way
             statuses = [future.result().status_code for future in in_flight]
         assert statuses == [200] * 4
         assert process.wait(timeout=30) == 0
         assert time.monotonic() - terminated < 30
+        text = (tmp_path / "serve.log").read_text()
+        assert "drained (0 requests still running)" in text
     finally:
         if process.poll() is None:
             process.kill()

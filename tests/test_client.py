@@ -44,10 +44,27 @@ def png_bytes(size=(32, 16), color=(200, 30, 30)) -> bytes:
 def test_every_request_option_reaches_the_body():
     parser = cli.build_parser()
     args = parser.parse_args(
-        ["invoke", "a cat", "--negative-prompt", "dogs", "--steps", "2", "--guidance-scale",
-         "1.5", "--seed", "9", "--width", "256", "--height", "128", "--num-images", "3",
-         "--format", "webp"]
-    )  # fmt: skip
+        [
+            "invoke",
+            "a cat",
+            "--negative-prompt",
+            "dogs",
+            "--steps",
+            "2",
+            "--guidance-scale",
+            "1.5",
+            "--seed",
+            "9",
+            "--width",
+            "256",
+            "--height",
+            "128",
+            "--num-images",
+            "3",
+            "--format",
+            "webp",
+        ]
+    )
     assert client.build_request(args) == {
         "prompt": "a cat",
         "negative_prompt": "dogs",
@@ -61,6 +78,20 @@ def test_every_request_option_reaches_the_body():
     }
     # Unset options are left to the server's defaults.
     assert client.build_request(parser.parse_args(["invoke", "x"])) == {"prompt": "x"}
+
+
+def test_options_come_from_the_request_schema_and_are_checked_before_sending(capsys):
+    from serve_app.schemas import GenerateRequest
+
+    parser = cli.build_parser()
+    invoke = parser._subparsers._group_actions[0].choices["invoke"]
+    dests = {action.dest for action in invoke._actions}
+    assert set(GenerateRequest.model_fields) <= dests  # every field, none repeated by hand
+    args = parser.parse_args(["invoke", "a cat", "--width", "100", "--num-inference-steps", "9"])
+    with pytest.raises(client.InvokeError, match="width: Input should be a multiple of 8"):
+        client.build_request(args)
+    assert cli.main(["invoke", "a cat", "--width", "100"]) == 2  # nothing was sent
+    assert "invalid request: width" in capsys.readouterr().err
 
 
 def test_output_paths_number_extra_images(tmp_path):
@@ -95,11 +126,28 @@ class TestLocalServer:
         assert executable, "the sdturbo console script is not installed (pip install -e .)"
         out = tmp_path / "cat.png"
         proc = subprocess.run(
-            [executable, "invoke", "a futuristic cat floating in the clouds", "-o", str(out),
-             "--url", server.url, "--width", "96", "--height", "64", "--seed", "7",
-             "--steps", "2"],
-            capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            [
+                executable,
+                "invoke",
+                "a futuristic cat floating in the clouds",
+                "-o",
+                str(out),
+                "--url",
+                server.url,
+                "--width",
+                "96",
+                "--height",
+                "64",
+                "--seed",
+                "7",
+                "--steps",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert proc.returncode == 0, proc.stderr
         image = Image.open(out)
         assert (image.format, image.size) == ("PNG", (96, 64))
@@ -107,22 +155,40 @@ class TestLocalServer:
 
     def test_all_options_several_images_jpeg(self, server, capsys, tmp_path):
         code, out, err = invoke(
-            capsys, "a cat", "-o", str(tmp_path / "cat.jpg"), "--url", server.url,
-            "--num-images", "2", "--format", "jpeg", "--negative-prompt", "dogs",
-            "--guidance-scale", "1.5", "--width", "64", "--height", "64", "--seed", "11",
-        )  # fmt: skip
+            capsys,
+            "a cat",
+            "-o",
+            str(tmp_path / "cat.jpg"),
+            "--url",
+            server.url,
+            "--num-images",
+            "2",
+            "--format",
+            "jpeg",
+            "--negative-prompt",
+            "dogs",
+            "--guidance-scale",
+            "1.5",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--seed",
+            "11",
+        )
         assert code == 0, err
         for name in ("cat.jpg", "cat-1.jpg"):
             assert Image.open(tmp_path / name).format == "JPEG"
         assert "seed 11" in out
 
-    def test_server_validation_error_is_one_line(self, server, capsys, tmp_path):
-        code, out, err = invoke(
-            capsys, "a cat", "--url", server.url, "--width", "65", "-o", str(tmp_path / "x.png")
-        )
-        assert code == 1 and out == "" and not (tmp_path / "x.png").exists()
-        assert err.strip().count("\n") == 0
-        assert "422 validation_error" in err and "width" in err
+    def test_server_validation_error_is_one_line(self, server):
+        # `sdturbo invoke` checks the schema before sending (exit 2, see above); a body that
+        # skips that check gets the server's own 422, reported in one line.
+        with pytest.raises(client.InvokeError) as raised:
+            client.invoke_local(server.url, {"prompt": "a cat", "width": 65}, 30)
+        message = str(raised.value)
+        assert "\n" not in message
+        assert "422 validation_error" in message and "width" in message
 
 
 # --- AWS through a moto server ---------------------------------------------------------------
@@ -179,11 +245,25 @@ def queue_results(moto_url: str, kind: str, results: list[dict]) -> None:
 def response_body(image: bytes, seed: int = 5) -> str:
     encoded = base64.b64encode(image).decode()
     return json.dumps(
-        {"image": encoded, "seed": seed, "seeds": [seed], "model": "tiny", "width": 32,
-         "height": 16, "num_inference_steps": 1, "output_format": "png", "warnings": [],
-         "timings": {"queue_ms": 1.0, "inference_ms": 2.0, "encode_ms": 3.0, "total_ms": 6.0,
-                     "batch_size": 1}}
-    )  # fmt: skip
+        {
+            "image": encoded,
+            "seed": seed,
+            "seeds": [seed],
+            "model": "tiny",
+            "width": 32,
+            "height": 16,
+            "num_inference_steps": 1,
+            "output_format": "png",
+            "warnings": [],
+            "timings": {
+                "queue_ms": 1.0,
+                "inference_ms": 2.0,
+                "encode_ms": 3.0,
+                "total_ms": 6.0,
+                "batch_size": 1,
+            },
+        }
+    )
 
 
 def aws_args(moto_url: str) -> list[str]:
@@ -211,14 +291,29 @@ class TestMoto:
         queue_results(moto_url, "async-endpoint-results", [{"data": response_body(image, 8)}])
         out = tmp_path / "async.png"
         code, _, err = invoke(
-            capsys, "a cat", "--endpoint", "sd-async", "--async", "--bucket", "sd-async-in",
-            "--seed", "8", "--width", "64", "--height", "64", "-o", str(out),
+            capsys,
+            "a cat",
+            "--endpoint",
+            "sd-async",
+            "--async",
+            "--bucket",
+            "sd-async-in",
+            "--seed",
+            "8",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "-o",
+            str(out),
             *aws_args(moto_url),
-        )  # fmt: skip
+        )
         assert code == 0, err
         assert out.read_bytes() == image
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket="sd-async-in")["Contents"]]
-        assert len(keys) == 1 and keys[0].startswith("inputs/") and keys[0].endswith(".json")
+        # Under inputs/direct/, which the bucket's upload trigger (infra/trigger.tf) skips: the
+        # CLI invokes the endpoint itself, and a second invocation would run the model twice.
+        assert len(keys) == 1 and keys[0].startswith("inputs/direct/") and keys[0].endswith(".json")
         uploaded = json.loads(s3.get_object(Bucket="sd-async-in", Key=keys[0])["Body"].read())
         assert uploaded == {"prompt": "a cat", "seed": 8, "width": 64, "height": 64}
         assert "queued" in err and "s3://" in err
@@ -232,9 +327,17 @@ class TestMoto:
         )
         out = tmp_path / "never.png"
         code, stdout, err = invoke(
-            capsys, "a cat", "--endpoint", "sd-async", "--async", "--bucket", "sd-async-fail",
-            "-o", str(out), *aws_args(moto_url),
-        )  # fmt: skip
+            capsys,
+            "a cat",
+            "--endpoint",
+            "sd-async",
+            "--async",
+            "--bucket",
+            "sd-async-fail",
+            "-o",
+            str(out),
+            *aws_args(moto_url),
+        )
         assert code == 1 and stdout == "" and not out.exists()
         last = err.strip().splitlines()[-1]
         assert last == (
@@ -276,11 +379,112 @@ class TestMoto:
     def test_aws_error_is_one_line(self, aws, capsys):
         moto_url, _, _ = aws
         code, _, err = invoke(
-            capsys, "a cat", "--endpoint", "sd", "--async", "--bucket", "no-such-bucket",
+            capsys,
+            "a cat",
+            "--endpoint",
+            "sd",
+            "--async",
+            "--bucket",
+            "no-such-bucket",
             *aws_args(moto_url),
-        )  # fmt: skip
+        )
         assert code == 1
         assert err.strip().count("\n") == 0 and "NoSuchBucket" in err
+
+
+# --- the async path without moto: S3 answers, timeouts, progress ------------------------------
+
+
+class FakeS3:
+    """get_object answers from a script of error codes, then the body; put_object records."""
+
+    def __init__(self, answers: list[str | bytes]):
+        self.answers, self.asked, self.put = list(answers), [], []
+
+    def get_object(self, Bucket, Key):
+        from botocore.exceptions import ClientError
+
+        self.asked.append(f"s3://{Bucket}/{Key}")
+        answer = self.answers.pop(0) if self.answers else "NoSuchKey"
+        if isinstance(answer, bytes):
+            return {"Body": io.BytesIO(answer)}
+        status = {"AccessDenied": 403, "NoSuchKey": 404}.get(answer, 500)
+        raise ClientError(
+            {"Error": {"Code": answer, "Message": answer},
+             "ResponseMetadata": {"HTTPStatusCode": status}},
+            "GetObject",
+        )  # fmt: skip
+
+    def put_object(self, **kwargs):
+        self.put.append(kwargs)
+
+
+def test_a_403_while_polling_means_not_yet_without_list_bucket():
+    # Without s3:ListBucket, S3 answers GetObject of a missing key with 403 AccessDenied.
+    s3 = FakeS3(["AccessDenied", "AccessDenied", "AccessDenied", "AccessDenied", b"image"])
+    body = client.wait_for_result(s3, "s3://b/outputs/1.out", "s3://b/failures/1-error.out",
+                                  timeout_s=10, poll_s=0)  # fmt: skip
+    assert body == b"image"
+    assert s3.asked[-1] == "s3://b/outputs/1.out"
+
+
+def test_a_timeout_after_only_403s_says_that_a_403_may_mean_missing():
+    s3 = FakeS3(["AccessDenied"] * 1000)
+    with pytest.raises(client.InvokeError) as raised:
+        client.wait_for_result(s3, "s3://b/outputs/1.out", None, timeout_s=0.05, poll_s=0.01)
+    message = str(raised.value)
+    assert "no result at s3://b/outputs/1.out" in message
+    assert "403 AccessDenied" in message and "s3:ListBucket" in message
+
+
+def test_other_s3_errors_stay_fatal():
+    with pytest.raises(Exception, match="InternalError"):
+        client.wait_for_result(FakeS3(["InternalError"]), "s3://b/o.out", None, 5, 0)
+
+
+def test_async_waits_an_hour_by_default_sync_two_minutes(monkeypatch):
+    # A request to an endpoint at zero waits for the wake-up alarm, an instance, the model
+    # download and the warm-up: SageMaker allows 1200 s for each of the last two.
+    seen = {}
+
+    def fake_invoke(args, body):
+        seen[args.use_async] = args.timeout
+        raise client.InvokeError("stop here")
+
+    monkeypatch.setattr(client, "_invoke", fake_invoke)
+    for extra in (["--async", "--bucket", "b"], []):
+        cli.main(["invoke", "a cat", "--endpoint", "e", *extra])
+    assert seen == {True: 3600.0, False: 120.0}
+    assert cli.main(["invoke", "a cat", "--endpoint", "e", "--async", "--bucket", "b",
+                     "--timeout", "60"]) == 1  # fmt: skip
+    assert seen[True] == 60.0
+
+
+def test_submit_async_uploads_where_the_trigger_does_not_look():
+    class Runtime:
+        def invoke_endpoint_async(self, **kwargs):
+            self.kwargs = kwargs
+            return {"OutputLocation": "s3://b/outputs/x.out"}
+
+    s3, runtime = FakeS3([]), Runtime()
+    client.submit_async(runtime, s3, "sdturbo-async", "b", {"prompt": "x"})
+    (put,) = s3.put
+    assert put["Key"].startswith("inputs/direct/") and put["Key"].endswith(".json")
+    assert runtime.kwargs["InputLocation"] == f"s3://b/{put['Key']}"
+
+
+def test_progress_on_a_log_is_a_line_at_a_time_and_ends_with_the_total():
+    stream = io.StringIO()
+    show = client.progress_printer(stream, total_s=3600)
+    for elapsed in (0.0, 2.0, 4.0):
+        show(elapsed)
+    show.close()
+    lines = [line.strip("\r") for line in stream.getvalue().splitlines()]
+    # Not a terminal: no redraw every half second, only the first and the final state.
+    assert lines == [
+        "waiting for the async result: 0/3600 s |          | 00:00",
+        "waiting for the async result: 4/3600 s |          | 00:00",
+    ]
 
 
 def test_invoke_imports_neither_torch_nor_ray_itself():
@@ -292,7 +496,10 @@ def test_invoke_imports_neither_torch_nor_ray_itself():
         "print('torch' in sys.modules, 'ray' in sys.modules)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
         env={**os.environ},
-    ).stdout  # fmt: skip
+    ).stdout
     assert out.split() == ["False", "False"]

@@ -249,35 +249,41 @@ def _gate_options(*argv: str):
     return gate.parser().parse_args(list(argv))
 
 
-SERVING = {"batching_speedup": 1.6, "http_p50_ms": 40.0, "direct_p50_ms": 20.0}
+GOOD = {
+    "serve": {"batching_speedup": 1.6, "outside_model_over_uvicorn": 2.0},
+    "batching": {"clients": {1: {"p50_ratio": 3.0}, 32: {"throughput_ratio": 1.0}}},
+    "start": {"cold_start_s": 50.0, "artifact_start_s": 10.0},
+}
+BAD = {
+    "serve": {"batching_speedup": 1.1, "outside_model_over_uvicorn": 6.0},
+    "batching": {"clients": {1: {"p50_ratio": 1.2}, 32: {"throughput_ratio": 0.5}}},
+    "start": {"cold_start_s": 30.0, "artifact_start_s": 25.0},
+}
 
 
-def test_gate_passes_good_ratios_and_reports_pending_startup():
-    rows = gate.checks(SERVING, {"status": "pending"}, _gate_options())
+def test_gate_passes_good_ratios():
+    rows = gate.checks(GOOD["serve"], GOOD["batching"], GOOD["start"], _gate_options())
     assert [(r["name"], r["passed"]) for r in rows] == [
         ("batching_speedup", True),
-        ("http_over_direct_p50", True),
+        ("outside_model_over_uvicorn", True),
+        ("lone_request_p50_timer_over_free", True),
+        ("throughput_32_free_over_timer", True),
         ("startup_speedup", True),
     ]
-    assert rows[1]["value"] == 2.0 and rows[2]["value"] is None
+    assert rows[4]["value"] == 5.0
 
 
-def test_gate_fails_each_ratio_below_its_bar(monkeypatch, tmp_path):
-    bad = {"batching_speedup": 1.1, "http_p50_ms": 70.0, "direct_p50_ms": 20.0}
-    startup = {"status": "measured", "cold_start_s": 30.0, "artifact_start_s": 25.0}
-    rows = gate.checks(bad, startup, _gate_options())
-    assert [r["passed"] for r in rows] == [False, False, False]
-    assert gate.checks(SERVING, {"status": "error"}, _gate_options())[2]["passed"] is False
+def test_gate_fails_each_ratio_past_its_bar(monkeypatch, tmp_path, capsys):
+    rows = gate.checks(BAD["serve"], BAD["batching"], BAD["start"], _gate_options())
+    assert [r["passed"] for r in rows] == [False] * 5
 
-    monkeypatch.setattr(gate, "serving", lambda options: {**bad, **_bench_extras()})
-    monkeypatch.setattr(gate, "startup", lambda options: startup)
+    monkeypatch.setattr(gate, "serving", lambda options: BAD["serve"])
+    monkeypatch.setattr(gate.bench_serving, "report", lambda result: "serving")
+    monkeypatch.setattr(gate, "policy", lambda options: BAD["batching"])
+    monkeypatch.setattr(gate.bench_batching, "report", lambda result: "policy")
+    monkeypatch.setattr(gate, "startup", lambda options: BAD["start"])
     output = tmp_path / "gate.json"
     assert gate.main(["--output", str(output)]) == 1
     written = json.loads(output.read_text())
-    assert written["passed"] is False and len(written["checks"]) == 3
-
-
-def _bench_extras() -> dict:
-    batch = {"images_per_s": 1.0, "mean_batch_size": 1.0}
-    return {"model": "tiny", "size": 128, "clients": 16, "batched": batch, "unbatched": batch,
-            "http_overhead_ms": 50.0}  # fmt: skip
+    assert written["passed"] is False and len(written["checks"]) == 5
+    assert "FAIL startup_speedup: 1.20 (min 1.50)" in capsys.readouterr().out

@@ -9,17 +9,20 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from loadtest.fresh import run_fresh
 from optimize.build import build, sha256
 from optimize.pack import upload
 from serve_app import compile_cache, pipeline
+from serve_app.batching import ImageBatch
 from serve_app.config import ModelSettings
-from tests.conftest import free_port, start_app
+from serve_app.server import free_port
+from tests.conftest import deploy_app
 from tests.test_pipeline import assert_same_pixels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,8 +95,8 @@ def test_extracted_artifact_loads_through_the_servers_loader(plain_tarball, tmp_
     with tarfile.open(plain_tarball) as tar:
         tar.extractall(tmp_path, filter="data")
     pipe = pipeline.load_pipeline(str(tmp_path), torch.device("cpu"), torch.float32)
-    images = pipeline.generate(pipe, pipeline.ImageBatch(["a"], [""], [3], 64, 64, 1, 0.0))
-    assert images.shape == (1, 64, 64, 3) and images.std() > 1
+    images = pipeline.generate(pipe, ImageBatch(["a"], [""], [3], 64, 64, 1, 0.0))
+    assert images.shape == (1, 64, 64, 3) and images.float().std() > 1
 
 
 def test_a_gpu_target_gets_fp16_weights_even_when_built_without_a_gpu(tmp_path):
@@ -154,12 +157,12 @@ def test_start_up_logs_the_fallback_and_each_phase(tmp_path, caplog):
     # No warm-up sizes: nothing is called, so nothing compiles; the decision is what's tested.
     settings = ModelSettings(model=str(folder), device="cpu", compile=True, warmup_sizes=[])
     with caplog.at_level(logging.INFO, logger="sdturbo"):
-        pipe, timings = pipeline.prepare(settings)
-    assert set(timings) == {"weights_s", "cache_s", "optimize_s", "warmup_s"}
+        prepared = pipeline.prepare(settings)
+    assert set(prepared.timings) == {"weights_s", "cache_s", "optimize_s", "warmup_s"}
     lines = [r.getMessage() for r in caplog.records]
     assert any("compile cache not used" in line and "torch differs" in line for line in lines)
     assert any(line.startswith("start-up: weights") for line in lines)
-    assert pipeline.compiled_batch_sizes(pipe) == [1, 2, 4, 8]
+    assert prepared.compiled == pipeline.Compiled(batch_sizes=(1, 2, 4, 8), sizes=())
 
 
 # --- the fast path's switches and batch padding ---------------------------------------------
@@ -173,15 +176,16 @@ def test_batch_plan_pads_up_and_splits_above_the_largest_size():
 
 
 def test_padded_batches_keep_each_images_pixels(tiny_pipe, monkeypatch):
-    batch = pipeline.ImageBatch(["a fox"] * 3, [""] * 3, [5, 6, 7], 64, 64, 1, 0.0)
+    batch = ImageBatch(["a fox"] * 3, [""] * 3, [5, 6, 7], 64, 64, 1, 0.0)
     plain = pipeline.generate(tiny_pipe, batch)
     sizes_seen = []
     real_call = pipeline._generate_call
     monkeypatch.setattr(
-        pipeline, "_generate_call", lambda p, b: sizes_seen.append(len(b.seeds)) or real_call(p, b)
+        pipeline,
+        "_generate_call",
+        lambda p, b, stages=None: sizes_seen.append(len(b.seeds)) or real_call(p, b),
     )
-    monkeypatch.setattr(tiny_pipe, "_sdturbo_batch_sizes", [2], raising=False)
-    padded = pipeline.generate(tiny_pipe, batch)
+    padded = pipeline.generate(tiny_pipe, batch, pipeline.Compiled(batch_sizes=(2,), sizes=(64,)))
     assert sizes_seen == [2, 2]  # 3 images: a full call and one padded from 1 to 2
     assert padded.shape == plain.shape
     for a, b in zip(plain, padded, strict=True):
@@ -194,18 +198,18 @@ def test_fused_qkv_changes_the_kernels_not_the_image(tiny_model_dir):
     def image(**switches):
         pipe = pipeline.load_pipeline(str(tiny_model_dir), torch.device("cpu"), torch.float32)
         pipe = pipeline.optimize(pipe, ModelSettings(model="tiny", device="cpu", **switches))
-        batch = pipeline.ImageBatch(["a fox"], [""], [9], 64, 64, 1, 0.0)
+        batch = ImageBatch(["a fox"], [""], [9], 64, 64, 1, 0.0)
         return pipe, pipeline.generate(pipe, batch)[0]
 
     fused_pipe, fused = image(fuse_qkv=True)
     _, plain = image(fuse_qkv=False)
     processors = fused_pipe.unet.attn_processors.values()
     assert all(isinstance(p, FusedAttnProcessor2_0) for p in processors)
-    assert np.abs(fused.astype(int) - plain.astype(int)).max() <= 2
+    assert (fused.int() - plain.int()).abs().max() <= 2
 
 
 def test_full_architecture_has_sd_turbo_sizes():
-    from optimize.full import build_components
+    from serve_app.full import build_components
 
     parts = build_components(device="meta")  # shapes only, no memory
     millions = {
@@ -235,15 +239,38 @@ def test_gpu_benchmark_parses_args_and_fails_clearly_without_cuda():
 def test_gpu_benchmark_smoke_runs_its_variants_on_cpu(tmp_path):
     output = tmp_path / "gpu.json"
     proc = run_module(
-        "loadtest.bench_gpu", "--device", "cpu", "--model", "tiny", "--variants",
-        "eager,fuse_qkv", "--batch-sizes", "1,2", "--size", "64", "--iters", "2",
-        "--output", str(output),
-    )  # fmt: skip
+        "loadtest.bench_gpu",
+        "--device",
+        "cpu",
+        "--model",
+        "tiny",
+        "--variants",
+        "eager,taesd,serving",
+        "--batch-sizes",
+        "1,2",
+        "--size",
+        "64",
+        "--iters",
+        "2",
+        "--set",
+        "compile=false",  # the serving row compiles by default: minutes on this CPU
+        "--output",
+        str(output),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "ms/img b1" in proc.stdout and "img/s b2" in proc.stdout
+    assert "b1 p50 ms" in proc.stdout and "img/s b2" in proc.stdout
+    assert "VAE decode at batch 1, eager vs taesd" in proc.stdout
     rows = json.loads(output.read_text())
-    assert [row["variant"] for row in rows] == ["eager", "fuse_qkv"]
-    assert all(row["batches"]["2"]["images_per_s"] > 0 for row in rows)
+    assert [row["variant"] for row in rows] == ["eager", "taesd", "serving"]
+    serving = rows.pop()
+    assert serving["mean_batch"] > 1  # 32 clients on max_batch_size 2: batches fill
+    assert 0 < serving["lone_outside_ms_p50"] < serving["lone_inference_ms_p50"]
+    assert {r["compile_s_added"] for r in serving["uncompiled"].values()} == {0.0}
+    for row in rows:
+        stages = row["batches"]["1"]["stages_p50_ms"]
+        assert set(stages) == {"text_encoder", "unet", "vae_decode", "postprocess"}
+        assert all(ms > 0 for ms in stages.values())
+        assert row["batches"]["2"]["images_per_s"] > 0
 
 
 def test_cli_help_lists_the_build_options():
@@ -349,63 +376,75 @@ def test_compiled_artifact_ships_its_cache_and_shapes(compiled_artifact):
     assert manifest["serve_settings"]["compile_batch_sizes"] == [1]
 
 
-CHILD_START = """
-import json, logging, sys
-import torch
-from torch._dynamo.utils import counters
-from serve_app import pipeline
-from serve_app.config import ModelSettings
-logging.basicConfig(level=logging.INFO)
-settings = ModelSettings.model_validate_json(sys.argv[1])
-pipe, timings = pipeline.prepare(settings)
-print(json.dumps({"timings": timings, "inductor": dict(counters["inductor"])}))
-"""
-
-
 @pytest.mark.slow
 def test_a_fresh_process_starts_from_the_cache_without_compiling_anew(compiled_artifact, tmp_path):
     settings = ModelSettings(model=str(compiled_artifact), device="cpu", **COMPILED)
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD_START, settings.model_dump_json()],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result, _ = run_fresh(
+        "loadtest.bench_startup:start",
+        settings.model_dump(),
         # One thread, as in a Ray replica with num_cpus=1; the build used every core.
-        env={
-            **os.environ,
-            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache"),
-            "OMP_NUM_THREADS": "1",
-        },
+        env={"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache"), "OMP_NUM_THREADS": "1"},
+        timeout_s=300,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "compile cache loaded" in proc.stderr
-    counts = json.loads(proc.stdout.strip().splitlines()[-1])["inductor"]
     # Every graph (UNet and VAE decoder) came from the artifact; nothing compiled anew.
-    assert counts.get("fxgraph_cache_hit", 0) >= 2
-    assert counts.get("fxgraph_cache_miss", 0) == 0
+    assert result["fxgraph_cache"]["hits"] >= 2
+    assert result["fxgraph_cache"]["misses"] == 0
+
+
+@pytest.fixture(scope="module")
+def artifact_server(compiled_artifact, server):
+    from ray import serve
+
+    app = deploy_app(server, "artifact", model=str(compiled_artifact), device="cpu", **COMPILED)
+    yield app
+    serve.delete("artifact")
 
 
 @pytest.mark.slow
 @pytest.mark.integration
 def test_server_starts_from_the_extracted_artifact_and_returns_an_image(
-    compiled_artifact, ray_cluster
+    artifact_server, compiled_artifact
 ):
+    assert 503 in artifact_server.ping_statuses and artifact_server.ping_statuses[-1] == 200
+    response = artifact_server.predict(width=64, height=64, seed=3)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == str(compiled_artifact)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_no_request_ever_compiles(artifact_server):
+    """Sizes outside the compiled set run on the uncompiled modules, in about eager time."""
+    sizes = [(w, h) for w in (72, 80, 88, 96, 104) for h in (64, 72, 80, 96)]  # 20 shapes
+    seconds = []
+    for width, height in sizes:
+        start = time.perf_counter()
+        response = artifact_server.predict(width=width, height=height, seed=1)
+        seconds.append(time.perf_counter() - start)
+        assert response.status_code == 200, (width, height, response.text)
+    guided = artifact_server.predict(width=64, height=64, guidance_scale=2.0)
+    assert guided.status_code == 200  # guidance doubles the UNet batch: not compiled either
+    # Compiling one shape takes tens of seconds here; eager takes a fraction of one.
+    assert max(seconds) < 5, seconds
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_the_reject_policy_names_the_compiled_sizes(compiled_artifact, server):
     from ray import serve
 
-    args = {
-        "model": str(compiled_artifact),
-        "device": "cpu",
+    strict = deploy_app(
+        server,
+        "compiled-only",
+        model=str(compiled_artifact),
+        device="cpu",
+        uncompiled="reject",
         **COMPILED,
-        "max_batch_size": 2,
-        "batch_wait_timeout_s": 0.05,
-    }
-    server = start_app(args, free_port())
+    )
     try:
-        # Unhealthy while it loaded and compiled; healthy only once warm.
-        assert 503 in server.ping_statuses and server.ping_statuses[-1] == 200
-        response = server.predict(width=64, height=64, seed=3)
-        assert response.status_code == 200, response.text
-        assert response.json()["model"] == str(compiled_artifact)
+        refused = strict.predict(width=128, height=128)
+        assert refused.status_code == 422
+        assert "64x64 with guidance_scale <= 1" in refused.json()["error"]["message"]
+        assert strict.predict(width=64, height=64).status_code == 200
     finally:
-        serve.shutdown()
+        serve.delete("compiled-only")

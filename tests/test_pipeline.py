@@ -5,10 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from serve_app import pipeline
-from serve_app.pipeline import ImageBatch
+from serve_app.batching import ImageBatch
+from serve_app.config import ModelSettings
+from serve_app.engine import InvalidRequest
+from serve_app.schemas import GenerateRequest
 
 
 def batch(seeds, prompts=None, size=64, steps=1):
@@ -16,10 +20,10 @@ def batch(seeds, prompts=None, size=64, steps=1):
     return ImageBatch(prompts, [""] * len(seeds), seeds, size, size, steps, 0.0)
 
 
-def assert_same_pixels(a: np.ndarray, b: np.ndarray) -> None:
+def assert_same_pixels(a, b) -> None:
     # Batched float32 convolutions may round differently from single ones: allow an off-by-one
     # in a handful of pixels, nothing more.
-    diff = np.abs(a.astype(int) - b.astype(int))
+    diff = np.abs(np.asarray(a).astype(int) - np.asarray(b).astype(int))
     assert diff.max() <= 1, f"pixels differ by up to {diff.max()}"
     assert (diff > 0).mean() < 1e-3
 
@@ -35,15 +39,32 @@ def test_tiny_model_is_a_diffusers_folder_of_sd_turbo_shape(tiny_model_dir, tiny
 def test_generate_returns_uint8_images_of_the_requested_size(tiny_pipe):
     images = pipeline.generate(tiny_pipe, ImageBatch(["a"], [""], [1], 96, 64, 2, 0.0))
     assert images.shape == (1, 64, 96, 3)
-    assert images.dtype == np.uint8
-    assert images.std() > 1  # noise, not a blank image
+    assert images.dtype == torch.uint8 and images.device.type == "cpu"
+    assert images.float().std() > 1  # noise, not a blank image
+
+
+def test_uint8_on_the_device_matches_numpy_postprocessing(tiny_pipe):
+    # What diffusers' output_type="np" then numpy gave before: the same pixels.
+    request = ImageBatch(["a fox"], [""], [4], 64, 64, 1, 0.0)
+    generators = [torch.Generator("cpu").manual_seed(4)]
+    floats = tiny_pipe(
+        prompt=["a fox"],
+        num_inference_steps=1,
+        guidance_scale=0.0,
+        width=64,
+        height=64,
+        generator=generators,
+        output_type="np",
+    ).images
+    expected = (floats * 255).round().clip(0, 255).astype(np.uint8)
+    assert np.array_equal(pipeline.generate(tiny_pipe, request).numpy(), expected)
 
 
 def test_same_seed_same_pixels_alone_or_in_a_batch(tiny_pipe):
     alone = pipeline.generate(tiny_pipe, batch([7]))[0]
     batched = pipeline.generate(tiny_pipe, batch([3, 7, 11], ["x", "a red fox", "y"]))
     assert_same_pixels(alone, batched[1])
-    assert np.abs(batched[0].astype(int) - batched[1].astype(int)).mean() > 5  # seeds matter
+    assert (batched[0].int() - batched[1].int()).abs().float().mean() > 5  # seeds matter
 
 
 def test_long_prompts_are_flagged_as_truncated(tiny_pipe):
@@ -85,7 +106,7 @@ def test_serve_config_yaml_builds_the_same_application():
 
 
 def test_an_artifact_supplies_its_serve_settings_unless_the_caller_set_them(tmp_path):
-    from serve_app.app import _with_artifact_settings
+    from serve_app.app import with_artifact_settings as _with_artifact_settings
     from serve_app.compile_cache import MANIFEST_NAME
     from serve_app.config import AppArgs
 
@@ -106,3 +127,34 @@ def test_an_artifact_supplies_its_serve_settings_unless_the_caller_set_them(tmp_
     assert (explicit.compile, explicit.warmup_sizes) == (False, [64])
     manifest("cuda")  # built for another device kind: its settings do not apply here
     assert _with_artifact_settings(AppArgs(model=str(tmp_path), device="cpu")).compile is False
+
+
+def test_a_tiny_decoder_replaces_sds_vae(tiny_model_dir):
+    from diffusers import AutoencoderTiny
+
+    pipe = pipeline.load_pipeline(
+        str(tiny_model_dir), torch.device("cpu"), torch.float32, vae="taesd-random"
+    )
+    assert isinstance(pipe.vae, AutoencoderTiny)
+    pipe = pipeline.optimize(pipe, ModelSettings(model="tiny", device="cpu", fuse_qkv=True))
+    images = pipeline.generate(pipe, ImageBatch(["a"], [""], [1], 96, 64, 1, 0.0))
+    assert images.shape == (1, 64, 96, 3) and images.float().std() > 1
+
+
+def test_compiled_shapes_and_the_reject_policy():
+    compiled = pipeline.Compiled(batch_sizes=(1, 4), sizes=(512,))
+    assert compiled.covers(512, 512, 0.0)
+    assert not compiled.covers(512, 512, 2.0)  # guidance doubles the UNet batch
+    assert not compiled.covers(256, 256, 0.0) and not compiled.covers(512, 256, 0.0)
+    backend = pipeline.DiffusersBackend.__new__(pipeline.DiffusersBackend)
+    backend.prepared = None
+    backend.settings = ModelSettings(
+        model="tiny", device="cpu", compile=True, warmup_sizes=[512], uncompiled="reject"
+    )
+    backend.check(GenerateRequest(prompt="x", width=512, height=512))
+    with pytest.raises(InvalidRequest, match="512x512 with guidance_scale <= 1"):
+        backend.check(GenerateRequest(prompt="x", width=256, height=256))
+    backend.settings = backend.settings.model_copy(update={"uncompiled": "eager"})
+    backend.check(GenerateRequest(prompt="x", width=256, height=256))
+    assert backend.is_out_of_memory(torch.OutOfMemoryError("x"))
+    assert not backend.is_out_of_memory(RuntimeError("x"))

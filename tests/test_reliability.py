@@ -1,4 +1,6 @@
-"""Overload, timeouts, out-of-memory, a killed replica and fuzzed input, on the real server."""
+"""Overload, a flood, timeouts, out-of-memory, a failed load, a killed replica and fuzzed input,
+on the real server (Ray Serve, HAProxy). Faults come from the tests: apps deployed beside the
+shared one with a fake backend of fixed cost (``loadtest.fakes``) that can fail on purpose."""
 
 import os
 import signal
@@ -11,30 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import free_port, start_app
+from loadtest import bench_flood
+from tests.conftest import deploy_app, fixed_cost, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-FRAGILE_ARGS = {
-    "model": "tiny",
-    "device": "cpu",
-    "warmup_sizes": [64],
-    "max_batch_size": 4,
-    # A small bound, so a flood overflows it: 4 running + 4 waiting, the rest refused.
-    "max_ongoing_requests": 4,
-    "max_queued_requests": 4,
-    # Any pipeline call of more than 2 images raises the out-of-memory error a GPU would.
-    "inject_oom_above": 2,
-}
-SLOW = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 4}
-
-
-@pytest.fixture(scope="module")
-def fragile(ray_cluster):
-    from ray import serve
-
-    yield start_app(FRAGILE_ARGS, free_port())
-    serve.shutdown()
+FAKE = {"model": "tiny", "device": "cpu", "warmup_sizes": [64], "num_cpus": 0.25}
 
 
 def assert_json_error(response: requests.Response, status: int, type_: str) -> None:
@@ -49,18 +33,30 @@ def timed_ping(url: str) -> float:
     return time.perf_counter() - start
 
 
-def test_overload_is_shed_fast_with_retry_after_and_accepted_requests_finish(fragile):
+@pytest.fixture(scope="module")
+def slow(server):
+    """Pipeline calls of half a second, 4 images a batch, 4 requests may wait."""
+    app = deploy_app(
+        server, "slow", fixed_cost(base_s=0.5), **FAKE, max_batch_size=4, max_queued_requests=4
+    )
+    yield app
+    from ray import serve
+
+    serve.delete("slow")
+
+
+def test_overload_is_shed_fast_with_retry_after_and_accepted_requests_finish(slow):
     pings: list[float] = []
     done = threading.Event()
 
     def ping_loop():
         while not done.is_set():
-            pings.append(timed_ping(fragile.url))
-            time.sleep(0.1)
+            pings.append(timed_ping(slow.url))
+            time.sleep(0.05)
 
     def timed_post(_):
         start = time.perf_counter()
-        response = fragile.post("/predict", json=SLOW)
+        response = slow.post("/predict", json={"prompt": "p", "width": 64, "height": 64})
         return response, time.perf_counter() - start
 
     pinger = threading.Thread(target=ping_loop)
@@ -74,67 +70,128 @@ def test_overload_is_shed_fast_with_retry_after_and_accepted_requests_finish(fra
     accepted = [r for r, _ in results if r.status_code == 200]
     shed = [(r, t) for r, t in results if r.status_code != 200]
     assert accepted, "no request was served"
-    assert len(shed) >= 8, f"only {len(shed)} of 24 refused with 8 slots"
+    assert len(shed) >= 12, f"only {len(shed)} of 24 refused with 1 running + 4 waiting"
     for response, seconds in shed:
         assert_json_error(response, 503, "overloaded")
         assert response.headers["Retry-After"] == "1"
         assert seconds < 1.0
-    assert max(pings) < 2.0, f"/ping took {max(pings):.2f}s under load"
+    assert max(pings) < 0.5, f"/ping took {max(pings):.2f}s under load"
 
 
-def test_out_of_memory_splits_the_batch_and_every_request_succeeds(fragile):
-    payloads = [{"prompt": "p", "width": 64, "height": 64, "seed": s} for s in range(4)]
-    with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda p: fragile.post("/predict", json=p), payloads))
-    assert [r.status_code for r in responses] == [200] * 4
-    assert max(r.json()["timings"]["batch_size"] for r in responses) <= 2
+def test_a_flood_of_400_connections_gets_200_or_fast_503_and_ping_stays_fast(server):
+    result = bench_flood.flood(server.url, 400, 128)
+    assert result["other"] == [], result  # nothing dropped, no other status
+    assert result["shed_without_retry_after"] == 0
+    assert result["slowest_503_s"] < bench_flood.MAX_SHED_S, result
+    assert result["ping_max_s"] < bench_flood.MAX_PING_S, result
+    assert result["served"] >= 8
+    assert bench_flood.served_after(server.url)
 
 
-def test_out_of_memory_on_one_request_fails_only_it_and_the_replica_stays_up(fragile):
-    response = fragile.post(
-        "/predict", json={"prompt": "p", "width": 64, "height": 64, "num_images": 3}
-    )
-    assert_json_error(response, 503, "out_of_memory")
-    assert "Traceback" not in response.text
-    assert fragile.post("/predict", json={"prompt": "p", "width": 64, "height": 64}).ok
-    assert requests.get(fragile.url + "/ping", timeout=5).status_code == 200
-
-
-def test_a_request_past_its_deadline_gets_504_and_the_server_goes_on(fragile):
+def test_out_of_memory_splits_the_batch_and_only_an_oversized_request_fails(server):
     from ray import serve
 
-    from serve_app import build_app
-    from serve_app.config import AppArgs
+    app = deploy_app(server, "oom", fixed_cost(base_s=0.2, oom_above=2), **FAKE)
+    try:
+        payloads = [{"prompt": "p", "width": 64, "height": 64, "seed": s} for s in range(5)]
+        with ThreadPoolExecutor(5) as pool:
+            responses = list(pool.map(lambda p: app.post("/predict", json=p), payloads))
+        assert [r.status_code for r in responses] == [200] * 5
+        assert max(r.json()["timings"]["batch_size"] for r in responses) <= 2
+        big = app.post("/predict", json={"prompt": "p", "width": 64, "height": 64, "num_images": 3})
+        assert_json_error(big, 503, "out_of_memory")
+        assert big.headers["Retry-After"] == "1" and "Traceback" not in big.text
+        assert app.post("/predict", json={"prompt": "p", "width": 64, "height": 64}).ok
+        assert requests.get(app.url + "/ping", timeout=5).status_code == 200
+    finally:
+        serve.delete("oom")
 
-    strict = AppArgs(**{**FRAGILE_ARGS, "request_timeout_s": 0.3, "num_cpus": 0.5})
-    serve.run(build_app(strict), name="strict", route_prefix="/strict")
+
+def test_a_request_past_its_deadline_gets_504_and_the_server_goes_on(server):
+    from ray import serve
+
+    app = deploy_app(server, "strict", fixed_cost(base_s=1.0), **FAKE, request_timeout_s=0.3)
     try:
         start = time.perf_counter()
-        response = fragile.post("/strict/predict", json={**SLOW, "width": 1024, "height": 1024})
+        response = app.post("/predict", json={"prompt": "p", "width": 64, "height": 64})
         assert_json_error(response, 504, "timeout")
-        assert time.perf_counter() - start < 1.5
-        # A pipeline call cannot be interrupted: the timed-out one finishes, its result is
-        # discarded, and quick requests are served again right after.
-        quick = {"prompt": "quick", "width": 64, "height": 64}
-        deadline = time.monotonic() + 20
-        while not fragile.post("/strict/predict", json=quick).ok:
-            assert time.monotonic() < deadline, "the strict app never served again"
-            time.sleep(0.5)
+        assert time.perf_counter() - start < 1.0
+        # The running call cannot be interrupted: it finishes, its result is discarded, and the
+        # next request is answered (the engine now knows a call takes ~1 s: it says 503 at once
+        # rather than time out, so wait for the model to be free).
+        time.sleep(1.0)
+        again = app.post("/predict", json={"prompt": "p", "width": 64, "height": 64})
+        assert again.status_code in (503, 504) and again.elapsed.total_seconds() < 1.0
     finally:
         serve.delete("strict")
 
 
-def test_killed_model_replica_is_replaced_and_ping_recovers(fragile):
+def test_a_failed_load_says_so_on_ping_and_refuses_requests(server):
+    """A replica whose model fails to load answers /ping 503 "failed" and requests 503
+    model_unavailable with the reason; its health check then fails, so Serve replaces it and
+    the replacement loads again (a transient fault heals; `sdturbo serve` exits 1 instead)."""
     from ray import serve
 
-    model = serve.get_deployment_handle("SDTurboModel", app_name="default")
+    from serve_app.config import AppArgs
+    from serve_app.server import deploy
+
+    deploy(
+        AppArgs(**FAKE),
+        name="broken",
+        route_prefix="/broken",
+        # Loading takes a moment, as real weights do: the replica is up, then fails.
+        backend_factory=fixed_cost(load_s=3.0, fail_load="weights are corrupt"),
+    )
+    url = server.url + "/broken"
+    try:
+        # While it is "failed" (a response is falsy when not ok: wrap it in a list).
+        [ping, response] = wait_for(lambda: _failed_then_request(url), 90)
+        assert ping.status_code == 503
+        assert_json_error(response, 503, "model_unavailable")
+        assert "weights are corrupt" in response.json()["error"]["message"]
+        wait_for(lambda: _status(url + "/ping") == "loading", 90)  # the replacement
+    finally:
+        serve.delete("broken")
+
+
+def _failed_then_request(url: str) -> list[requests.Response] | None:
+    ping = requests.get(url + "/ping", timeout=5)
+    if ping.headers["content-type"] != "application/json" or ping.json()["status"] != "failed":
+        return None
+    response = requests.post(url + "/predict", json={"prompt": "p"}, timeout=10)
+    return [ping, response] if response.status_code != 404 else None  # not yet replaced
+
+
+def _status(url: str):
+    try:
+        return requests.get(url, timeout=5).json().get("status")
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def test_killed_model_replica_is_replaced_and_ping_recovers(server):
+    """SIGKILL of the replica: Serve replaces it, /ping goes non-200 and back, serving resumes.
+
+    In the second or two before Serve has noticed the death, a request routed to the dead
+    process is answered by Ray's own proxy layer (a plain-text 500, or a reset connection):
+    nothing in the replica can answer it. The test bounds that window and checks that every
+    answer from our code is a 200 or a retryable 503, and that once /ping is back every request
+    is served.
+    """
+    from ray import serve
+
+    app = deploy_app(server, "victim", **FAKE)
+    model = serve.get_deployment_handle("SDTurboModel", app_name="victim")
     pid = model.info.remote().result()["pid"]
-    pings: list[tuple[float, int]] = []
+    pings: list[tuple[float, int | str]] = []
     done = threading.Event()
 
     def ping_loop():
         while not done.is_set():
-            status = requests.get(fragile.url + "/ping", timeout=5).status_code
+            try:
+                status = requests.get(app.url + "/ping", timeout=2).status_code
+            except requests.RequestException as exc:
+                status = type(exc).__name__
             pings.append((time.perf_counter() - killed, status))
             time.sleep(0.1)
 
@@ -142,54 +199,79 @@ def test_killed_model_replica_is_replaced_and_ping_recovers(fragile):
     killed = time.perf_counter()
     pinger = threading.Thread(target=ping_loop)
     pinger.start()
-    responses = []
+    responses: list[tuple[float, requests.Response | str]] = []
     try:
-        while time.perf_counter() - killed < 90:
-            payload = {"prompt": "p", "width": 64, "height": 64}
-            responses.append(fragile.post("/predict", json=payload))
-            statuses = [status for _, status in pings]
-            if 503 in statuses and statuses[-1] == 200 and responses[-1].ok:
+        while time.perf_counter() - killed < 120:
+            try:
+                response = app.post(
+                    "/predict", json={"prompt": "p", "width": 64, "height": 64}, timeout=30
+                )
+            except requests.RequestException as exc:
+                response = type(exc).__name__
+            responses.append((time.perf_counter() - killed, response))
+            up = _recovered(list(pings))
+            if up is not None and sum(t > up + 1.0 for t, _ in responses) >= 3:
                 break
             time.sleep(0.2)
     finally:
         done.set()
         pinger.join()
-    down = next(t for t, status in pings if status == 503)
-    up = next(t for t, status in pings if status == 200 and t > down)
-    print(f"\nreplica killed: /ping 503 after {down:.1f}s, 200 again after {up:.1f}s")
-    for response in responses:  # served, or a clear retryable error: never a 500
-        assert response.status_code == 200 or response.json()["error"]["type"] in (
-            "model_unavailable",
-            "overloaded",
+        serve.delete("victim")
+    down = next(t for t, status in pings if status != 200)
+    up = _recovered(pings)
+    proxy_failures = [
+        t
+        for t, r in responses
+        if isinstance(r, str) or (r.status_code == 500 and "json" not in r.headers["content-type"])
+    ]
+    print(
+        f"\nreplica killed: /ping not 200 after {down:.1f}s, 200 again after {up:.1f}s; "
+        f"{len(proxy_failures)} of {len(responses)} requests answered by Ray's proxy "
+        f"(last {max(proxy_failures, default=0):.1f}s after the kill)"
+    )
+    assert max(proxy_failures, default=0) < up + 1.0, responses
+    for t, response in responses:
+        if isinstance(response, str) or "json" not in response.headers["content-type"]:
+            continue
+        assert response.status_code == 200 or (  # our code: served or told to retry
+            response.status_code == 503
+            and response.json()["error"]["type"] in ("model_unavailable", "overloaded")
         ), response.text
-    assert responses[-1].ok
-    assert model.info.remote().result()["pid"] != pid
+        if t > up + 1.0:
+            assert response.status_code == 200, response.text
 
 
-def test_fuzzed_requests_from_the_openapi_schema_get_no_5xx_and_json_errors(fragile):
-    # Negative mode: schema-violating bodies, types and values, to /predict and /invocations.
+def _recovered(pings: list[tuple[float, int | str]]) -> float | None:
+    """When /ping was 200 again after first failing."""
+    down = next((t for t, status in pings if status != 200), None)
+    if down is None:
+        return None
+    return next((t for t, status in pings if status == 200 and t > down), None)
+
+
+def test_the_published_schema_holds_under_every_schemathesis_phase_and_check(server):
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "schemathesis.cli",
             "run",
-            f"{fragile.url}/openapi.json",
-            "--mode",
-            "negative",
-            "--max-examples",
-            "60",
-            "--generation-deterministic",
+            f"{server.url}/openapi.json",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,"
-            "response_schema_conformance",
-            "--include-method",
-            "POST",
+            "all",
+            "--max-examples",
+            "40",
+            "--generation-deterministic",
+            "--request-timeout",
+            "60",
             "--no-color",
         ],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=900,
     )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "Tested: 2" in result.stdout and "No issues found" in result.stdout
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout
+    print(result.stdout[-600:])

@@ -12,9 +12,9 @@ sequence length (77), so its cost is unchanged; token ids simply spell prompts b
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from serve_app.tiny import cache_root, save_once
 
 FULL_MODEL = "sd-turbo-random"
 FULL_VERSION = "1"
@@ -149,24 +149,11 @@ def build_full_pipeline(seed: int = 0, device: str = "cpu", dtype=None):
     return pipe
 
 
-def default_full_dir() -> Path:
-    root = os.environ.get("SDTURBO_CACHE") or Path.home() / ".cache" / "sdturbo"
-    return Path(root) / f"{FULL_MODEL}-v{FULL_VERSION}"
-
-
-def ensure_full_model(folder: Path | None = None) -> Path:
+def ensure_full_model() -> Path:
     """Save the random full-size model once (fp16 safetensors, ~2.6 GB); return its folder."""
     import torch
 
-    folder = Path(folder) if folder else default_full_dir()
-    if (folder / "model_index.json").is_file():
-        return folder
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    build_full_pipeline(dtype=torch.float16).save_pretrained(staging)
-    (staging / "RANDOM_WEIGHTS.json").write_text(json.dumps({"version": FULL_VERSION}))
-    try:
-        staging.rename(folder)
-    except OSError:
-        if not (folder / "model_index.json").is_file():
-            raise
-    return folder
+    def build():
+        return build_full_pipeline(dtype=torch.float16)
+
+    return save_once(cache_root() / f"{FULL_MODEL}-v{FULL_VERSION}", build, "model_index.json")
