@@ -1,5 +1,6 @@
 # The SageMaker execution role, least privilege: no managed policies, every grant scoped to
-# this stack's bucket prefixes, repository, topics, key and log groups.
+# this stack's bucket prefixes, repository, topics, key, alarms and log groups (VPC access
+# excepted, see VpcAccess). The GitHub OIDC roles follow.
 
 data "aws_iam_policy_document" "sagemaker_assume" {
   statement {
@@ -24,26 +25,33 @@ resource "aws_iam_role" "execution" {
 }
 
 locals {
-  vpc_arn_prefix = "arn:${local.partition}:ec2:${var.region}:${local.account_id}"
+  # Endpoint names are fixed, so alarms and the role can name them before the endpoints exist.
+  sync_endpoint_name  = "${var.name}-sync"
+  async_endpoint_name = "${var.name}-async"
 }
 
 data "aws_iam_policy_document" "execution" {
+  # checkov:skip=CKV_AWS_111: VpcAccess is the exact action list AWS documents for models with VpcConfig, on "*" as documented; SageMaker creates the interfaces (no ARN to name beforehand) and some of these actions take no resource.
+  # checkov:skip=CKV_AWS_356: as above: AWS's documented VPC statement for hosted endpoints uses Resource "*"; scoping it breaks CreateEndpoint.
+  # checkov:skip=CKV_AWS_109: ec2:Create/DeleteNetworkInterfacePermission on "*" are part of AWS's documented VPC statement: SageMaker grants itself use of the interfaces it creates for the model.
   statement {
-    sid       = "ListModelAndInputs"
+    sid       = "ListArtifactsAndInputs"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.this.arn]
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["${var.model_prefix}*", "inputs/*"]
+      values   = ["models/*", "inputs/*"]
     }
   }
 
   statement {
-    sid     = "ReadModelAndInputs"
+    # Every version under models/, not only the deployed one: a blue/green rollback, or an
+    # old fleet scaling out mid-update, downloads the previous artifact.
+    sid     = "ReadArtifactsAndInputs"
     actions = ["s3:GetObject"]
     resources = [
-      "${aws_s3_bucket.this.arn}/${var.model_prefix}*",
+      "${aws_s3_bucket.this.arn}/models/*",
       "${aws_s3_bucket.this.arn}/inputs/*",
     ]
   }
@@ -105,31 +113,34 @@ data "aws_iam_policy_document" "execution" {
     resources = [aws_sns_topic.success.arn, aws_sns_topic.error.arn]
   }
 
-  # VpcConfig: SageMaker attaches network interfaces in these subnets with these groups.
   statement {
-    sid = "DescribeNetwork"
-    actions = [
-      "ec2:DescribeDhcpOptions",
-      "ec2:DescribeNetworkInterfaces",
-      "ec2:DescribeSecurityGroups",
-      "ec2:DescribeSubnets",
-      "ec2:DescribeVpcs",
-    ]
-    resources = ["*"] # Describe* calls support no resource-level permission.
+    # Deployment guardrails read the auto-rollback alarms with the execution role (AWS:
+    # "Auto-Rollback Configuration and Monitoring").
+    sid       = "ReadRollbackAlarms"
+    actions   = ["cloudwatch:DescribeAlarms"]
+    resources = [for name in local.rollback_alarm_names : "arn:${local.partition}:cloudwatch:${var.region}:${local.account_id}:alarm:${name}"]
   }
 
+  # VpcConfig: exactly the statement of AWS's "Give SageMaker AI Hosted Endpoints Access to
+  # Resources in Your Amazon VPC" (Add Permissions for Endpoint Access for Containers Running
+  # in a VPC to Custom IAM Policies). A missing action fails CreateEndpoint; scoping the ENI
+  # actions to ARNs fails too, as SageMaker manages interfaces (and their permissions) that
+  # do not exist when this policy is written.
   statement {
-    sid = "ManageNetworkInterfaces"
+    sid = "VpcAccess"
     actions = [
       "ec2:CreateNetworkInterface",
       "ec2:CreateNetworkInterfacePermission",
       "ec2:DeleteNetworkInterface",
       "ec2:DeleteNetworkInterfacePermission",
+      "ec2:DescribeDhcpOptions",
+      "ec2:DescribeNetworkInterfaces",
+      "ec2:DescribeSecurityGroups",
+      "ec2:DescribeSubnets",
+      "ec2:DescribeVpcEndpoints",
+      "ec2:DescribeVpcs",
     ]
-    resources = concat(
-      ["${local.vpc_arn_prefix}:network-interface/*", aws_security_group.model.arn],
-      aws_subnet.private[*].arn,
-    )
+    resources = ["*"]
   }
 }
 
@@ -218,4 +229,66 @@ resource "aws_iam_role_policy" "github_push" {
   name   = "ecr-push"
   role   = aws_iam_role.github_push[0].id
   policy = data.aws_iam_policy_document.github_push.json
+}
+
+# --- GitHub Actions (OIDC): the plan role of deploy-infrastructure.yml -----------------------
+# It reads everything (terraform plan refreshes every resource) and writes only the state lock:
+# with use_lockfile the S3 backend creates and deletes <key>.tflock around every plan
+# (HashiCorp: "Backend Type: s3", S3 bucket permissions). Plans never write the state itself.
+
+locals {
+  plan_role_enabled = local.github_enabled && var.tf_state_bucket != null
+  state_bucket_arn  = "arn:${local.partition}:s3:::${coalesce(var.tf_state_bucket, "none")}"
+}
+
+resource "aws_iam_role" "github_plan" {
+  count              = local.plan_role_enabled ? 1 : 0
+  name_prefix        = "${var.name}-gha-plan-"
+  description        = "GitHub Actions (OIDC): terraform plan of ${var.name} on the main branch"
+  assume_role_policy = data.aws_iam_policy_document.github_assume[0].json
+}
+
+resource "aws_iam_role_policy_attachment" "github_plan_read_only" {
+  count      = local.plan_role_enabled ? 1 : 0
+  role       = aws_iam_role.github_plan[0].name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/ReadOnlyAccess"
+}
+
+data "aws_iam_policy_document" "github_plan" {
+  statement {
+    sid       = "ListState"
+    actions   = ["s3:ListBucket"]
+    resources = [local.state_bucket_arn]
+  }
+
+  statement {
+    sid       = "ReadState"
+    actions   = ["s3:GetObject"]
+    resources = ["${local.state_bucket_arn}/${var.tf_state_key}"]
+  }
+
+  statement {
+    sid       = "HoldTheStateLock"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${local.state_bucket_arn}/${var.tf_state_key}.tflock"]
+  }
+
+  statement {
+    # ReadOnlyAccess would let a plan read every request and image; a plan needs none of them.
+    sid     = "NoUserData"
+    effect  = "Deny"
+    actions = ["s3:GetObject", "s3:GetObjectVersion"]
+    resources = [
+      "${aws_s3_bucket.this.arn}/inputs/*",
+      "${aws_s3_bucket.this.arn}/outputs/*",
+      "${aws_s3_bucket.this.arn}/failures/*",
+    ]
+  }
+}
+
+resource "aws_iam_role_policy" "github_plan" {
+  count  = local.plan_role_enabled ? 1 : 0
+  name   = "terraform-state-lock"
+  role   = aws_iam_role.github_plan[0].id
+  policy = data.aws_iam_policy_document.github_plan.json
 }

@@ -23,6 +23,19 @@ data "aws_iam_policy_document" "kms" {
       identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
     }
   }
+
+  # CloudWatch alarms publish to the alarm topic, which this key encrypts; CloudWatch is a
+  # service principal, so only the key policy can grant it (AWS SNS guide: "Configure AWS KMS
+  # permissions for AWS services", CloudWatch row).
+  statement {
+    sid       = "CloudWatchAlarmsPublishToTheEncryptedTopic"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+  }
 }
 
 resource "aws_kms_key" "this" {
@@ -42,9 +55,15 @@ resource "aws_kms_alias" "this" {
 resource "aws_s3_bucket" "this" {
   # checkov:skip=CKV_AWS_18: access logs need a second bucket; CloudTrail data events cover audit where required.
   # checkov:skip=CKV_AWS_144: cross-region replication of transient async I/O and a rebuildable artifact is not worth its cost.
-  # checkov:skip=CKV2_AWS_62: results are announced through the async endpoint's SNS topics, not S3 events.
   bucket_prefix = "${var.name}-"
   force_destroy = var.force_destroy
+}
+
+# Object events go to EventBridge, where a rule starts an async inference for every request
+# uploaded under inputs/ (trigger.tf). EventBridge gets every event; rules filter them.
+resource "aws_s3_bucket_notification" "this" {
+  bucket      = aws_s3_bucket.this.id
+  eventbridge = true
 }
 
 resource "aws_s3_bucket_public_access_block" "this" {
@@ -126,7 +145,8 @@ resource "aws_s3_bucket_lifecycle_configuration" "this" {
   }
 
   rule {
-    # Old model versions stay recoverable for a while after a new artifact is uploaded.
+    # Artifacts under models/ are never overwritten (see the bucket policy), so noncurrent
+    # versions only come from inputs/outputs/failures or an aborted upload.
     id     = "housekeeping"
     status = "Enabled"
     filter {
@@ -162,6 +182,42 @@ data "aws_iam_policy_document" "bucket" {
       values   = ["false"]
     }
   }
+
+  # models/<version>/ is immutable: only the artifact build job's role may write there (it
+  # writes a new version prefix each time; optimize/sagemaker_job.py refuses an existing one),
+  # and nobody deletes. A running endpoint downloads its artifact on every scale-out, so the
+  # bytes behind a model name must never change (AWS: an uncompressed ModelDataSource prefix
+  # must hold only that model's files).
+  statement {
+    sid       = "OnlyTheBuildJobWritesArtifacts"
+    effect    = "Deny"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.this.arn}/models/*"]
+    principals {
+      type        = "*"
+      identifiers = ["*"]
+    }
+    condition {
+      test     = "ArnNotEquals"
+      variable = "aws:PrincipalArn"
+      values   = [aws_iam_role.build.arn]
+    }
+  }
+
+  dynamic "statement" {
+    # force_destroy asks for a deletable bucket (tests, throw-away stacks).
+    for_each = var.force_destroy ? [] : [1]
+    content {
+      sid       = "ArtifactsAreNeverDeleted"
+      effect    = "Deny"
+      actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+      resources = ["${aws_s3_bucket.this.arn}/models/*"]
+      principals {
+        type        = "*"
+        identifiers = ["*"]
+      }
+    }
+  }
 }
 
 resource "aws_s3_bucket_policy" "this" {
@@ -188,19 +244,43 @@ resource "aws_ecr_repository" "this" {
   }
 }
 
+locals {
+  # The deployed image and any pinned rollback target must stay pullable: every scale-out
+  # (each wake from zero) pulls the model's image again.
+  protected_image_tags = distinct(concat(var.image_tag == null ? [] : [var.image_tag], var.protected_image_tags))
+}
+
 resource "aws_ecr_lifecycle_policy" "this" {
   repository = aws_ecr_repository.this.name
+  # ECR evaluates rules by priority and "an image that matches the tagging requirements of a
+  # higher priority rule cannot be expired by a rule with a lower priority"; a tagPatternList
+  # matches an image only if it has *all* the listed tags, so each protected tag gets its own
+  # rule, which keeps its one image (ECR user guide: "Lifecycle policy properties").
   policy = jsonencode({
-    rules = [{
-      rulePriority = 1
-      description  = "Keep the 30 most recent images; older SHAs can be rebuilt from git."
-      selection = {
-        tagStatus   = "any"
-        countType   = "imageCountMoreThan"
-        countNumber = 30
-      }
-      action = { type = "expire" }
-    }]
+    rules = concat(
+      [for i, tag in local.protected_image_tags : {
+        rulePriority = i + 1
+        description  = "Never expire ${tag}: a deployed model pulls it."
+        selection = {
+          tagStatus      = "tagged"
+          tagPatternList = [tag]
+          countType      = "imageCountMoreThan"
+          countNumber    = 1
+        }
+        action = { type = "expire" }
+      }],
+      [{
+        # "any" must be the last rule (highest rulePriority).
+        rulePriority = 100
+        description  = "Keep the ${var.ecr_keep_images} most recent other images; older SHAs can be rebuilt from git."
+        selection = {
+          tagStatus   = "any"
+          countType   = "imageCountMoreThan"
+          countNumber = var.ecr_keep_images
+        }
+        action = { type = "expire" }
+      }],
+    )
   })
 }
 

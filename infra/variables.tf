@@ -28,7 +28,7 @@ variable "tags" {
 }
 
 variable "image_tag" {
-  description = "Commit SHA the image was pushed under (build-and-push.yml). null creates only the shared resources (bucket, repository, network, role) so the first image and model can be uploaded."
+  description = "Commit SHA the image was pushed under (build-and-push.yml). null creates only the shared resources (bucket, repository, network, roles) so the first image can be pushed and the first artifact built; set, it deploys both endpoints (model_artifact must be set too)."
   type        = string
   default     = null
 
@@ -39,8 +39,19 @@ variable "image_tag" {
   }
 }
 
+variable "model_artifact" {
+  description = "Key of the model artifact that `python -m optimize sagemaker-build` wrote under models/<version>/ (it prints this value): a folder ending in / (uncompressed ModelDataSource, no untar at start-up) or a key ending in .tar.gz (ModelDataUrl). A version is never overwritten, so a new artifact is a new key, a new model name and a rollout."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.model_artifact == null || can(regex("^models/[A-Za-z0-9][A-Za-z0-9._-]*/([A-Za-z0-9._/-]+/|[A-Za-z0-9._-]+[.]tar[.]gz)$", coalesce(var.model_artifact, "x")))
+    error_message = "model_artifact must be models/<version>/<folder>/ or models/<version>/<name>.tar.gz, as printed by python -m optimize sagemaker-build."
+  }
+}
+
 variable "instance_type" {
-  description = "SageMaker instance type for both endpoints (a GPU type: ml.g5.xlarge has one A10G)."
+  description = "SageMaker instance type for both endpoints and for the artifact build job (a GPU type: ml.g5.xlarge has one A10G). The compile cache in the artifact loads only on the GPU it was built on."
   type        = string
   default     = "ml.g5.xlarge"
 
@@ -50,32 +61,55 @@ variable "instance_type" {
   }
 }
 
-variable "model_data_compression" {
-  description = "How the model artifact from `python -m optimize build` is stored: \"None\" = an uncompressed folder under s3://<bucket>/<model_prefix> (ModelDataSource, no untar at start-up), \"Gzip\" = s3://<bucket>/<model_prefix>model.tar.gz (ModelDataUrl)."
+variable "inference_ami_version" {
+  description = "InferenceAmiVersion of both production variants, i.e. the GPU driver and CUDA version of the instances. Without it ml.g4dn/g5 endpoints run NVIDIA driver 470 / CUDA 11.4, too old for a CUDA 12 torch (AWS: \"Best practices to minimize interruptions during GPU driver upgrades\"). al2-ami-sagemaker-inference-gpu-3-1 is driver 550 / CUDA 12.4."
   type        = string
-  default     = "None"
+  default     = "al2-ami-sagemaker-inference-gpu-3-1"
 
   validation {
-    condition     = contains(["None", "Gzip"], var.model_data_compression)
-    error_message = "model_data_compression must be \"None\" or \"Gzip\"."
-  }
-}
-
-variable "model_prefix" {
-  description = "Key prefix of the model artifact in the bucket; the execution role may read only this prefix and inputs/."
-  type        = string
-  default     = "model/"
-
-  validation {
-    condition     = can(regex("^[a-zA-Z0-9_.-]+(/[a-zA-Z0-9_.-]+)*/$", var.model_prefix)) && !contains(["inputs/", "outputs/", "failures/"], var.model_prefix)
-    error_message = "model_prefix must end with / and must not be inputs/, outputs/ or failures/."
+    # The GPU values of ProductionVariant.InferenceAmiVersion (SageMaker API reference).
+    condition = contains([
+      "al2-ami-sagemaker-inference-gpu-2",
+      "al2-ami-sagemaker-inference-gpu-2-1",
+      "al2-ami-sagemaker-inference-gpu-3-1",
+      "al2023-ami-sagemaker-inference-gpu-4-1",
+    ], var.inference_ami_version)
+    error_message = "inference_ami_version must be a GPU inference AMI: al2-ami-sagemaker-inference-gpu-2, al2-ami-sagemaker-inference-gpu-2-1, al2-ami-sagemaker-inference-gpu-3-1 (driver 550, CUDA 12.4) or al2023-ami-sagemaker-inference-gpu-4-1."
   }
 }
 
 variable "container_environment" {
-  description = "Extra environment variables for the serving container."
+  description = "Server settings for the container, SDTURBO_<FIELD>=value (e.g. SDTURBO_MAX_BATCH_SIZE = \"8\"). Part of the model's identity: a change is a new model and a rollout."
   type        = map(string)
   default     = {}
+
+  validation {
+    # CreateModel's Environment: keys [a-zA-Z_][a-zA-Z0-9_]*, at most 100 entries.
+    condition     = length(var.container_environment) <= 100 && alltrue([for k in keys(var.container_environment) : can(regex("^[a-zA-Z_][a-zA-Z0-9_]*$", k))])
+    error_message = "container_environment keys must match [a-zA-Z_][a-zA-Z0-9_]* (at most 100 entries)."
+  }
+}
+
+variable "protected_image_tags" {
+  description = "Image tags the ECR lifecycle policy must never expire besides the deployed image_tag (e.g. the previous release, to roll back to)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.protected_image_tags) <= 20 && alltrue([for t in var.protected_image_tags : can(regex("^[0-9a-f]{7,40}$", t))])
+    error_message = "protected_image_tags: at most 20 commit SHAs."
+  }
+}
+
+variable "ecr_keep_images" {
+  description = "Images kept in the repository besides the protected ones (newest first); older ones expire."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.ecr_keep_images >= 1 && floor(var.ecr_keep_images) == var.ecr_keep_images
+    error_message = "ecr_keep_images must be a whole number >= 1."
+  }
 }
 
 variable "sync_instance_count" {
@@ -250,13 +284,20 @@ variable "create_autoscaling" {
 }
 
 variable "github_repository" {
-  description = "owner/name of the GitHub repository allowed to push images through OIDC (creates the push role). null creates no GitHub role."
+  description = "owner/name of the GitHub repository whose main branch may push images and plan, through OIDC (creates the push role, and the plan role with tf_state_bucket). null creates no GitHub role."
   type        = string
   default     = null
 
   validation {
     condition     = var.github_repository == null || can(regex("^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", coalesce(var.github_repository, "x")))
     error_message = "github_repository must be owner/name."
+  }
+
+  validation {
+    # production.tfvars ships with this placeholder: refuse it rather than trust a repository
+    # that does not exist.
+    condition     = var.github_repository != "OWNER/REPO"
+    error_message = "Set github_repository in infra/production.tfvars to your owner/name."
   }
 }
 
@@ -280,5 +321,80 @@ variable "kms_deletion_window_days" {
   validation {
     condition     = var.kms_deletion_window_days >= 7 && var.kms_deletion_window_days <= 30
     error_message = "kms_deletion_window_days must be between 7 and 30."
+  }
+}
+
+variable "tf_state_bucket" {
+  description = "Bucket holding this stack's Terraform state (the -backend-config bucket). With github_repository it creates the plan role for deploy-infrastructure.yml: ReadOnlyAccess plus the state object and its lock file. null creates no plan role."
+  type        = string
+  default     = null
+}
+
+variable "tf_state_key" {
+  description = "Key of the state object in tf_state_bucket (the -backend-config key); the lock file is this key plus .tflock."
+  type        = string
+  default     = "sdturbo/terraform.tfstate"
+}
+
+# --- rollout and alarms ----------------------------------------------------------------------
+
+variable "deployment_bake_s" {
+  description = "Blue/green baking period: seconds the new fleet serves all traffic while the rollback alarms are watched, before the old fleet is terminated."
+  type        = number
+  default     = 600
+
+  validation {
+    condition     = var.deployment_bake_s >= 0 && var.deployment_bake_s <= 3600
+    error_message = "deployment_bake_s must be between 0 and 3600."
+  }
+}
+
+variable "deployment_timeout_s" {
+  description = "Longest a blue/green update may take (instance start, model download, warm-up, baking) before SageMaker rolls it back."
+  type        = number
+  default     = 5400
+
+  validation {
+    condition     = var.deployment_timeout_s >= 600 && var.deployment_timeout_s <= 14400
+    error_message = "deployment_timeout_s must be between 600 and 14400."
+  }
+}
+
+variable "alarm_emails" {
+  description = "Addresses subscribed to the alarm topic (each must confirm by email)."
+  type        = list(string)
+  default     = []
+}
+
+variable "model_latency_alarm_ms" {
+  description = "Alarm (and roll back a deployment) when ModelLatency p90 stays above this many milliseconds for 3 minutes."
+  type        = number
+  default     = 10000
+
+  validation {
+    condition     = var.model_latency_alarm_ms > 0
+    error_message = "model_latency_alarm_ms must be positive."
+  }
+}
+
+variable "error_alarm_threshold" {
+  description = "Alarm (and roll back a deployment) when Invocation5XXErrors reach this many per minute for 2 minutes."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.error_alarm_threshold >= 1
+    error_message = "error_alarm_threshold must be >= 1."
+  }
+}
+
+variable "async_oldest_request_alarm_s" {
+  description = "Alarm when the oldest queued async request is older than this: longer than a scale from zero takes (alarm + instance start + download + warm-up), so only a stuck queue trips it."
+  type        = number
+  default     = 2700
+
+  validation {
+    condition     = var.async_oldest_request_alarm_s >= 300
+    error_message = "async_oldest_request_alarm_s must be >= 300."
   }
 }

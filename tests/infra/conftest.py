@@ -1,0 +1,358 @@
+"""Shared tools for the infra tests: terraform and moto, started for real and stopped afterwards.
+
+The ``deployment`` fixture walks infra/README.md's path once per session against a moto server:
+the bootstrap from the committed production.tfvars, an artifact version written into it (as
+``python -m optimize sagemaker-build --tfvars`` does), the deploy workflow's own plan command,
+the apply job's ``terraform apply tfplan``, then a second deploy (new image, new artifact) the
+same way. Tests read what it recorded (plans as JSON) and what moto holds.
+
+The tools are real and must be installed (terraform on PATH; checkov and friends in
+.venv-tools/bin; moto_server from the dev extra): a missing tool fails the test, never skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import botocore
+import pytest
+import requests
+import yaml
+from botocore.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+WORKFLOW = REPO / ".github" / "workflows" / "deploy-infrastructure.yml"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+SHA2 = "89abcdef0123456789abcdef0123456789abcdef"
+ARTIFACT = f"models/20250101T000000Z-{SHA[:12]}/model/"
+ARTIFACT2 = f"models/20250202T000000Z-{SHA2[:12]}/model/"
+MIRROR_CANDIDATES = ("/opt/tf-plugins", "/usr/share/terraform/plugins", "~/.terraform.d/plugins")
+EMULATED_SERVICES = (
+    "applicationautoscaling",
+    "cloudwatch",
+    "ec2",
+    "ecr",
+    "events",
+    "iam",
+    "kms",
+    "s3",
+    "sagemaker",
+    "sfn",
+    "sns",
+    "sts",
+)
+# What a user edits in production.tfvars before the bootstrap, plus what moto needs: its
+# instance-type list has no ml.g5.*, and its application-autoscaling lacks ListTagsForResource
+# (infra/README.md, "What the emulator lacks").
+TEST_SETTINGS = {
+    "github_repository": '"acme/sdturbo"',
+    "tf_state_bucket": '"acme-tfstate"',
+    "instance_type": '"ml.g4dn.xlarge"',
+    "create_autoscaling": "false",
+}
+
+
+def tool(name: str) -> str:
+    """Path of a CLI tool: on PATH, or in the repo's .venv-tools (see README); else fail."""
+    found = shutil.which(name) or shutil.which(name, path=str(REPO / ".venv-tools" / "bin"))
+    if not found:
+        pytest.fail(f"{name} not found on PATH or in .venv-tools/bin: install it (infra/README.md)")
+    return found
+
+
+def run(args: list[str] | str, cwd: Path, env: dict[str, str], timeout: float = 300):
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        shell=isinstance(args, str),
+        executable="/bin/bash" if isinstance(args, str) else None,
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, (
+        f"{result.args}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    return result.stdout
+
+
+def provider_mirror() -> Path | None:
+    """Root of a local provider mirror (the folder above registry.terraform.io), if any."""
+    for candidate in (os.environ.get("TF_PROVIDER_MIRROR", ""), *MIRROR_CANDIDATES):
+        path = Path(candidate).expanduser()
+        if candidate and (path / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
+            return path
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def copy_stack(target: Path) -> Path:
+    """A copy of infra/ (lock file included) so terraform never writes into the repository."""
+    shutil.copytree(INFRA, target, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
+    return target
+
+
+@pytest.fixture(scope="session")
+def tf_env(tmp_path_factory) -> dict[str, str]:
+    """Environment for terraform: the local mirror where there is one (offline), no real AWS."""
+    root = tmp_path_factory.mktemp("tfcli")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_"))}
+    env.update(TF_IN_AUTOMATION="1", TF_INPUT="0", CHECKPOINT_DISABLE="1")
+    env.update(
+        AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test", AWS_DEFAULT_REGION="us-east-1"
+    )
+    mirror = provider_mirror()
+    config = root / "cli.tfrc"
+    if mirror:
+        config.write_text(
+            "provider_installation {\n"
+            f'  filesystem_mirror {{\n    path    = "{mirror}"\n'
+            '    include = ["registry.terraform.io/*/*"]\n  }\n'
+            '  direct {\n    exclude = ["registry.terraform.io/*/*"]\n  }\n}\n'
+        )
+    else:  # elsewhere (GitHub runners) terraform downloads the provider as usual
+        config.write_text("")
+    env["TF_CLI_CONFIG_FILE"] = str(config)
+    return env
+
+
+# --- moto ------------------------------------------------------------------------------------
+
+
+class Moto:
+    """A moto server on a free loopback port, with the gaps of moto_server_shim.py filled."""
+
+    def __init__(self, folder: Path, extra_env: dict[str, str] | None = None):
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Step Functions' AWS SDK integrations name services as the Java SDK does
+        # ("sagemakerruntime"); moto's interpreter asks boto3 for that name, which boto3 calls
+        # "sagemaker-runtime". An alias of botocore's own model under AWS_DATA_PATH bridges it.
+        data = folder / "botocore-data" / "sagemakerruntime"
+        source = Path(botocore.__file__).parent / "data" / "sagemaker-runtime"
+        shutil.copytree(source, data)
+        env = {
+            **os.environ,
+            "MOTO_PORT": str(self.port),  # moto's interpreter calls AWS APIs on its own port
+            "AWS_DATA_PATH": str(folder / "botocore-data"),
+            "MOTO_IAM_LOAD_MANAGED_POLICIES": "true",  # the plan role attaches ReadOnlyAccess
+            **(extra_env or {}),
+        }
+        self.log_path = folder / "moto.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("moto_server_shim.py")),
+             "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.process.poll() is None, self.log_path.read_text()[-2000:]
+            try:
+                requests.get(self.url + "/moto-api/", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+
+    def client(self, service: str, **credentials):
+        """A boto3 client for this server; no retries, so failures show."""
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=credentials.get("key", "test"),
+            aws_secret_access_key=credentials.get("secret", "test"),
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def emulator_override(url: str) -> str:
+    endpoints = "\n".join(f'    {name} = "{url}"' for name in EMULATED_SERVICES)
+    return f"""terraform {{
+  backend "local" {{}}
+}}
+provider "aws" {{
+  access_key                  = "test"
+  secret_key                  = "test"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  s3_use_path_style           = true
+  endpoints {{
+{endpoints}
+  }}
+}}
+"""
+
+
+def set_tfvars(path: Path, values: dict[str, str]) -> None:
+    """Edit a tfvars file as a person would: replace each setting's line, or append it."""
+    lines = path.read_text().splitlines()
+    for name, value in values.items():
+        found = [i for i, line in enumerate(lines) if line.split("=")[0].strip() == name]
+        if found:
+            lines[found[0]] = f"{name} = {value}"
+        else:
+            lines.append(f"{name} = {value}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def workflow_command(job: str, step: str) -> str:
+    """The first command line of a step of deploy-infrastructure.yml, as the runner runs it."""
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    steps = workflow["jobs"][job]["steps"]
+    script = next(s["run"] for s in steps if s.get("name") == step)
+    return script.replace("\\\n", " ").strip().splitlines()[0]
+
+
+def planned(plan: dict, address: str) -> dict:
+    for change in plan["resource_changes"]:
+        if change["address"] == address:
+            return change["change"]["after"]
+    raise AssertionError(f"{address} is not in the plan")
+
+
+def actions(plan: dict) -> dict[str, list[str]]:
+    return {c["address"]: c["change"]["actions"] for c in plan["resource_changes"]}
+
+
+def as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def grants(statements: list[dict]) -> dict[str, set[str]]:
+    """Allowed action -> the resources it is allowed on (every statement must be an Allow)."""
+    allowed: dict[str, set[str]] = {}
+    for statement in statements:
+        assert statement["Effect"] == "Allow", statement
+        for action in as_list(statement["Action"]):
+            allowed.setdefault(action, set()).update(as_list(statement["Resource"]))
+    return allowed
+
+
+@dataclass
+class Deployment:
+    moto: Moto
+    stack: Path
+    env: dict[str, str]
+    plans: dict[str, dict] = field(default_factory=dict)
+    outputs: dict[str, dict] = field(default_factory=dict)
+    endpoint_configs: dict[str, dict] = field(default_factory=dict)
+
+    def terraform(self, *args: str, timeout: float = 300) -> str:
+        return ok(run([tool("terraform"), *args, "-no-color"], self.stack, self.env, timeout))
+
+    def plan_json(self, plan_file: str) -> dict:
+        return json.loads(self.terraform("show", "-json", plan_file))
+
+    def output_values(self) -> dict:
+        return {k: v["value"] for k, v in json.loads(self.terraform("output", "-json")).items()}
+
+    def client(self, service: str):
+        return self.moto.client(service)
+
+    def role_policy(self, role_arn: str, policy_name: str) -> list[dict]:
+        """The statements of a role's inline policy, as moto holds them."""
+        iam = self.client("iam")
+        document = iam.get_role_policy(RoleName=role_arn.split("/")[-1], PolicyName=policy_name)
+        return document["PolicyDocument"]["Statement"]
+
+    def plan(self, *args: str) -> dict:
+        """A plan of the applied stack with the committed tfvars plus ``args``; nothing applied."""
+        self._extra_plans = getattr(self, "_extra_plans", 0) + 1
+        out = f"extra-{self._extra_plans}.plan"
+        self.terraform("plan", "-var-file=production.tfvars", f"-out={out}", *args)
+        return self.plan_json(out)
+
+    def refused_plan(self, *args: str) -> str:
+        """The error output of a plan that must fail (validation runs before any API call)."""
+        result = run(
+            [tool("terraform"), "plan", "-no-color", "-refresh=false",
+             "-var-file=production.tfvars", *args],
+            self.stack, self.env,
+        )  # fmt: skip
+        assert result.returncode != 0, result.stdout[-2000:]
+        return " ".join(result.stderr.split())
+
+
+def snapshot_endpoint_configs(deployment: Deployment, outputs: dict) -> dict:
+    sm = deployment.client("sagemaker")
+    configs = {}
+    for kind in ("sync", "async"):
+        endpoint = sm.describe_endpoint(EndpointName=outputs[f"{kind}_endpoint_name"])
+        configs[kind] = sm.describe_endpoint_config(
+            EndpointConfigName=endpoint["EndpointConfigName"]
+        )
+    return configs
+
+
+@pytest.fixture(scope="session")
+def deployment(tf_env, tmp_path_factory) -> Iterator[Deployment]:
+    """infra/README.md's path against moto: bootstrap, CI plan + apply, a second deploy."""
+    folder = tmp_path_factory.mktemp("deployment")
+    moto = Moto(folder)
+    try:
+        # Executions of the trigger's state machine run in moto's ASL interpreter.
+        requests.post(
+            moto.url + "/moto-api/config",
+            json={"stepfunctions": {"execute_state_machine": True}},
+            timeout=10,
+        ).raise_for_status()
+        stack = copy_stack(folder / "infra")
+        (stack / "zz_emulator_override.tf").write_text(emulator_override(moto.url))
+        set_tfvars(stack / "production.tfvars", TEST_SETTINGS)
+        d = Deployment(moto, stack, tf_env)
+        d.terraform("init", "-input=false", "-lockfile=readonly")
+
+        # 2. Bootstrap, as the README says: the committed tfvars, nothing else.
+        d.terraform("plan", "-var-file=production.tfvars", "-out=bootstrap.plan")
+        d.plans["bootstrap"] = d.plan_json("bootstrap.plan")
+        d.terraform("apply", "bootstrap.plan", timeout=420)
+        d.outputs["bootstrap"] = d.output_values()
+
+        # 6. The artifact build wrote its version into the tfvars (the job itself is tested in
+        # test_sagemaker_job.py); 7. the deploy workflow's plan and apply commands, verbatim.
+        for name, image, artifact in (("deploy", SHA, ARTIFACT), ("second", SHA2, ARTIFACT2)):
+            set_tfvars(stack / "production.tfvars", {"model_artifact": f'"{artifact}"'})
+            ci_env = {**tf_env, "IMAGE_TAG": image}
+            ok(run(workflow_command("plan", "terraform plan"), stack, ci_env))
+            d.plans[name] = d.plan_json("tfplan")
+            ok(run(workflow_command("apply", "terraform apply"), stack, ci_env, 420))
+            d.outputs[name] = d.output_values()
+            d.endpoint_configs[name] = snapshot_endpoint_configs(d, d.outputs[name])
+        yield d
+    finally:
+        moto.stop()
