@@ -42,7 +42,7 @@ def startup(options: argparse.Namespace) -> dict:
     """Cold and artifact time to first image, from loadtest.bench_startup's JSON output."""
     with tempfile.TemporaryDirectory(prefix="gate-startup-") as work:
         output = Path(work) / "startup.json"
-        bench_startup.main(["--model", options.model, "--output", str(output)])
+        bench_startup.main(["--model", options.model, "--no-cache-only", "--output", str(output)])
         result = json.loads(output.read_text())
     key = "time_to_first_image_s"
     return {

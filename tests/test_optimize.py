@@ -236,6 +236,7 @@ def test_gpu_benchmark_parses_args_and_fails_clearly_without_cuda():
     assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_smoke_runs_its_variants_on_cpu(tmp_path):
     output = tmp_path / "gpu.json"
     proc = run_module(

@@ -4,6 +4,7 @@ shared one with a fake backend of fixed cost (``loadtest.fakes``) that can fail 
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -76,6 +77,39 @@ def test_overload_is_shed_fast_with_retry_after_and_accepted_requests_finish(slo
         assert response.headers["Retry-After"] == "1"
         assert seconds < 1.0
     assert max(pings) < 0.5, f"/ping took {max(pings):.2f}s under load"
+
+
+def test_ping_p99_stays_under_50_ms_while_the_model_is_saturated(slow):
+    """/ping reads the engine's state: no call, no wait behind the pipeline (SageMaker: < 2 s)."""
+    done = threading.Event()
+
+    def keep_busy():  # 4 clients back to back: the pipeline never idles, the queue never empties
+        with requests.Session() as session:
+            while not done.is_set():
+                session.post(slow.url + "/predict", json={"prompt": "p", "width": 64}, timeout=30)
+
+    workers = [threading.Thread(target=keep_busy) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: requests.get(slow.url + "/ping", timeout=5).ok)
+        time.sleep(1.0)  # the first batch is running
+        with requests.Session() as session:
+            pings = []
+            for _ in range(200):
+                start = time.perf_counter()
+                assert session.get(slow.url + "/ping", timeout=5).status_code == 200
+                pings.append(time.perf_counter() - start)
+    finally:
+        done.set()
+        for worker in workers:
+            worker.join()
+    p99 = sorted(pings)[int(0.99 * len(pings)) - 1]
+    print(
+        f"\n/ping under saturation: p50 {statistics.median(pings) * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms"
+    )
+    assert p99 < 0.050, sorted(pings)[-5:]
 
 
 def test_a_flood_of_400_connections_gets_200_or_fast_503_and_ping_stays_fast(server):

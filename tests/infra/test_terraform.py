@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 
+import pytest
 import yaml
 
 from tests.infra.conftest import INFRA, REPO, WORKFLOW, copy_stack, ok, run, tool
@@ -21,6 +22,7 @@ def test_terraform_fmt(tf_env):
     ok(run([tool("terraform"), "fmt", "-check", "-recursive", "-diff"], INFRA, tf_env, 60))
 
 
+@pytest.mark.slow  # a tool run of seconds
 def test_init_with_the_committed_lock_file_and_validate_offline(tf_env, tmp_path):
     stack = copy_stack(tmp_path / "infra")
     terraform = tool("terraform")
@@ -75,6 +77,7 @@ def test_inference_ami_versions_are_sagemakers_gpu_amis():
     assert default == "al2-ami-sagemaker-inference-gpu-3-1"  # driver 550, CUDA 12.4
 
 
+@pytest.mark.slow  # a tool run of seconds
 def test_checkov_passes_and_every_skip_is_justified():
     result = run(
         [tool("checkov"), "-d", str(INFRA), "--framework", "terraform", "--output", "json",
