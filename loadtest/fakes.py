@@ -4,7 +4,8 @@ Each pipeline call costs ``base_s + per_image_s x images`` (a sleep: the thread 
 as a GPU call would), and image ``i`` is noise seeded by its seed alone, so batching never
 changes pixels. ``oom_above`` makes a call of more images raise an out-of-memory error, as a
 GPU would; ``fail_load`` makes start-up fail. ``functools.partial(FixedCostBackend, ...)`` is a
-``backend_factory`` for ``build_app``: Ray pickles it with the app, the replica calls it.
+``backend_factory`` for ``serve_app.app.compose``: Ray pickles it with the app, the replica
+calls it.
 """
 
 from __future__ import annotations

@@ -54,10 +54,18 @@ def replica_options(args: AppArgs, gpus: int) -> dict:
     }
 
 
-def build_app(args: AppArgs, backend_factory=None) -> Application:
+def build_app(args: AppArgs | dict) -> Application:
+    """The builder of ``serve run serve_app:app key=value ...`` and ``serve_config.yaml``:
+    Serve calls it with exactly one argument, the arguments as a dict (strings from the command
+    line), validated here as ``AppArgs``."""
+    return compose(AppArgs.model_validate(args))
+
+
+def compose(args: AppArgs, backend_factory=None) -> Application:
     """One deployment: each replica is the HTTP ingress and the batching model.
 
-    ``backend_factory`` (tests only) replaces the diffusers backend, e.g. to inject faults.
+    ``backend_factory`` (tests and benchmarks) replaces the diffusers backend, e.g. to inject
+    faults.
     """
     args = with_artifact_settings(args)
     gpus = visible_gpus(args)

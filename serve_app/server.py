@@ -71,9 +71,9 @@ def deploy(args: AppArgs, name: str = "sdturbo", route_prefix: str = "/", backen
     """Deploy (or update) one application on the running Serve instance."""
     from ray import serve
 
-    from serve_app.app import build_app
+    from serve_app.app import compose
 
-    return serve.run(build_app(args, backend_factory), name=name, route_prefix=route_prefix)
+    return serve.run(compose(args, backend_factory), name=name, route_prefix=route_prefix)
 
 
 @contextlib.contextmanager

@@ -1,5 +1,7 @@
-"""`sdturbo serve`: the SageMaker container entrypoint, started as SageMaker starts it."""
+"""`sdturbo serve` (the SageMaker container entrypoint, started as SageMaker starts it) and
+the README's `serve run` command."""
 
+import base64
 import io
 import os
 import shutil
@@ -52,6 +54,46 @@ def test_device_cuda_without_a_gpu_fails_at_once_not_on_the_cpu():
     )
     assert proc.returncode == 2
     assert "device=cuda but torch" in proc.stderr and "sees no usable GPU" in proc.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_the_readmes_serve_run_command_serves_the_tiny_model(tmp_path):
+    """`RAY_SERVE_ENABLE_HA_PROXY=1 serve run serve_app:app model=tiny`, verbatim (port 8000)."""
+    env = {
+        **os.environ,
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_ADDRESS": "local",  # its own cluster, not the test run's shared one
+        # HAProxy's side listeners: not the ports the shared test server took.
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+    log = (tmp_path / "serve-run.log").open("wb")
+    process = subprocess.Popen(
+        [shutil.which("serve"), "run", "serve_app:app", "model=tiny"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = "http://127.0.0.1:8000"
+    try:
+        wait_until_ready(url, timeout_s=180)
+        response = requests.post(
+            url + "/predict", json={"prompt": "a cat astronaut on the moon"}, timeout=60
+        )
+        assert response.status_code == 200, response.text
+        image = Image.open(io.BytesIO(base64.b64decode(response.json()["image"])))
+        assert image.size == (512, 512)
+        refused = requests.post(url + "/predict", json={"prompt": "a cat", "width": "64"})
+        assert refused.status_code == 422 and "width" in refused.json()["error"]["message"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+    assert process.returncode is not None, (tmp_path / "serve-run.log").read_text()[-3000:]
 
 
 @pytest.mark.integration
