@@ -86,6 +86,8 @@ class SDTurboModel:
             "pid": os.getpid(),
         }
 
-    def __del__(self):
-        self._stopped.set()
-        self.engine.close()
+    def __del__(self):  # also after a constructor that failed part-way
+        if hasattr(self, "_stopped"):
+            self._stopped.set()
+        if hasattr(self, "engine"):
+            self.engine.close()

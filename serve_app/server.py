@@ -36,14 +36,22 @@ RAY_ENVIRONMENT = {
 OBJECT_STORE_BYTES = 128 * 2**20
 
 
+SIDE_PORTS = (
+    "RAY_SERVE_HAPROXY_STATS_PORT",
+    "RAY_SERVE_HAPROXY_METRICS_PORT",
+    "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT",
+)
+
+
 def configure_ray_environment(environ=None) -> None:
     """Set Serve's settings for this process and the Ray processes it starts (unless set)."""
     environ = os.environ if environ is None else environ
     for key, value in RAY_ENVIRONMENT.items():
         environ.setdefault(key, value)
-    # HAProxy's stats and metrics listeners have fixed default ports (8404, 9101): take free
-    # ones, so two servers (or a test run beside a server) never collide.
-    for key in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT"):
+    # HAProxy's stats and metrics listeners and Serve's fallback proxy have fixed default ports
+    # (8404, 9101, 8500): take free ones, so two servers (or a test run beside a server) never
+    # collide.
+    for key in SIDE_PORTS:
         environ.setdefault(key, str(free_port()))
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from serve_app import cli
 from serve_app.config import settings_from_environment
-from serve_app.server import free_port, wait_until_ready
+from serve_app.server import SIDE_PORTS, free_port, wait_until_ready
 
 
 def test_settings_come_from_set_over_environment_over_defaults(monkeypatch):
@@ -56,18 +56,18 @@ def test_device_cuda_without_a_gpu_fails_at_once_not_on_the_cpu():
     assert "device=cuda but torch" in proc.stderr and "sees no usable GPU" in proc.stderr
 
 
+def own_cluster_environment() -> dict[str, str]:
+    """For a server started as a subprocess beside the test run's shared one: its own Ray
+    cluster, and side listeners (HAProxy stats and metrics, Serve's fallback proxy) on ports of
+    its own: the shared server's are in this process's environment."""
+    return {**os.environ, "RAY_ADDRESS": "local", **{key: str(free_port()) for key in SIDE_PORTS}}
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_the_readmes_serve_run_command_serves_the_tiny_model(tmp_path):
     """`RAY_SERVE_ENABLE_HA_PROXY=1 serve run serve_app:app model=tiny`, verbatim (port 8000)."""
-    env = {
-        **os.environ,
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_ADDRESS": "local",  # its own cluster, not the test run's shared one
-        # HAProxy's side listeners: not the ports the shared test server took.
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-    }
+    env = {**own_cluster_environment(), "RAY_SERVE_ENABLE_HA_PROXY": "1"}
     log = (tmp_path / "serve-run.log").open("wb")
     process = subprocess.Popen(
         [shutil.which("serve"), "run", "serve_app:app", "model=tiny"],
@@ -102,7 +102,7 @@ def test_sdturbo_serve_answers_ping_and_invocations_then_drains_on_sigterm(tmp_p
     port = free_port()
     # Settings as SageMaker passes them: the model's environment.
     env = {
-        **os.environ,
+        **own_cluster_environment(),
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "SDTURBO_WARMUP_SIZES": "64",
         "SDTURBO_DEVICE": "cpu",
