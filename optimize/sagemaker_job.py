@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-# serve_app.compile_cache.MANIFEST_NAME; not imported, as that module imports torch.
-MANIFEST_NAME = "sdturbo_manifest.json"
+from serve_app.config import MANIFEST_NAME
+
 # Processing containers read inputs and write outputs under /opt/ml/processing (SageMaker
 # developer guide: "How Amazon SageMaker Processing Runs Your Processing Container Image").
 OUTPUT_DIR = "/opt/ml/processing/output"

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-from serve_app.config import CompileSettings
+from serve_app.config import MANIFEST_NAME, CompileSettings
 
 logger = logging.getLogger("sdturbo")
 
-MANIFEST_NAME = "sdturbo_manifest.json"
 CACHE_NAME = "compile_cache.bin"
 KERNELS_NAME = "inductor_cache"
 MANIFEST_VERSION = 1

@@ -16,6 +16,9 @@ MAX_BODY_BYTES = 6 * 1024 * 1024
 # `sdturbo serve` reads any AppArgs field from SDTURBO_<FIELD> (SageMaker passes settings as the
 # model's environment): SDTURBO_MAX_BATCH_SIZE=16, SDTURBO_DEVICE=cuda, SDTURBO_WARMUP_SIZES=512.
 ENV_PREFIX = "SDTURBO_"
+# The artifact's manifest (``optimize build`` writes it beside the weights); here, not in the
+# compile-cache module, so light code (the SageMaker build job's client) reads the same name.
+MANIFEST_NAME = "sdturbo_manifest.json"
 
 
 def parse_int_list(value) -> list[int]:
