@@ -31,6 +31,9 @@ LABEL org.opencontainers.image.title="sdturbo" \
       org.opencontainers.image.description="SD-Turbo on Ray Serve, SageMaker serving contract" \
       com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 
+# SDTURBO_COMPILE_CACHE_MISS=eager: a replica whose artifact has no compile cache that fits this
+# machine serves uncompiled at once (and says so in /ping and its log) instead of compiling
+# every shape inside SageMaker's health-check window.
 # NVIDIA_REQUIRE_CUDA: what the cu126 wheels need (any CUDA 12 driver, >= 525), checked by the
 # NVIDIA Container Toolkit at container start; the base's own value names 12.6 plus per-brand
 # exceptions. On SageMaker's default driver 470 (CUDA 11.4) the container then refuses to start
@@ -45,6 +48,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     HF_HUB_OFFLINE=1 \
     SAGEMAKER_BIND_TO_PORT=8080 \
     SDTURBO_DEVICE=${SDTURBO_DEVICE} \
+    SDTURBO_COMPILE_CACHE_MISS=eager \
     NVIDIA_REQUIRE_CUDA="cuda>=12.0"
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]

@@ -14,7 +14,7 @@ export CONTAINERS_CONF="${CONTAINERS_CONF:-$HERE/containers.conf}"
 
 "$HERE/base-image.sh"
 
-# pip's own settings on this host (ENVIRONMENT.md): `cert` is the CA bundle that PyPI's TLS
+# pip's own settings on this host (`python3 -m pip config list`): `cert` is the CA bundle that PyPI's TLS
 # chain verifies against here, `find-links` the folder holding the CPU torch wheel.
 pip_setting() { python3 -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.$1='\(.*\)'$/\1/p" | head -n1; }
 ca_bundle="$(pip_setting cert)"

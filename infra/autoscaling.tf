@@ -13,7 +13,7 @@ locals {
 resource "aws_appautoscaling_target" "async" {
   count              = local.autoscale ? 1 : 0
   service_namespace  = "sagemaker"
-  resource_id        = "endpoint/${aws_sagemaker_endpoint.async[0].name}/variant/${local.variant_name}"
+  resource_id        = "endpoint/${aws_sagemaker_endpoint.this["async"].name}/variant/${local.variant_name}"
   scalable_dimension = "sagemaker:variant:DesiredInstanceCount"
   min_capacity       = 0
   max_capacity       = var.async_max_instance_count
@@ -38,7 +38,7 @@ resource "aws_appautoscaling_policy" "async_backlog" {
       statistic   = "Average"
       dimensions {
         name  = "EndpointName"
-        value = aws_sagemaker_endpoint.async[0].name
+        value = aws_sagemaker_endpoint.this["async"].name
       }
     }
   }
@@ -67,11 +67,11 @@ resource "aws_appautoscaling_policy" "async_wake" {
 resource "aws_cloudwatch_metric_alarm" "async_wake" {
   count             = local.autoscale ? 1 : 0
   alarm_name        = "${var.name}-async-has-backlog-without-capacity"
-  alarm_description = "A request waits on ${aws_sagemaker_endpoint.async[0].name} with no instance running: scale out from zero."
+  alarm_description = "A request waits on ${aws_sagemaker_endpoint.this["async"].name} with no instance running: scale out from zero."
   namespace         = "AWS/SageMaker"
   metric_name       = "HasBacklogWithoutCapacity"
   dimensions = {
-    EndpointName = aws_sagemaker_endpoint.async[0].name
+    EndpointName = aws_sagemaker_endpoint.this["async"].name
   }
   statistic           = "Average"
   period              = 60
@@ -83,12 +83,14 @@ resource "aws_cloudwatch_metric_alarm" "async_wake" {
   alarm_actions       = [aws_appautoscaling_policy.async_wake[0].arn]
 }
 
-# Real-time endpoints cannot scale to zero; they scale between sync_instance_count and
-# sync_max_instance_count on invocations per instance.
+# Real-time endpoints cannot scale to zero here: that takes inference components with managed
+# instance scaling (MinInstanceCount 0), and provider 5.100.0 has no inference component
+# resource. They scale between sync_instance_count and sync_max_instance_count on invocations
+# per instance.
 resource "aws_appautoscaling_target" "sync" {
   count              = local.autoscale ? 1 : 0
   service_namespace  = "sagemaker"
-  resource_id        = "endpoint/${aws_sagemaker_endpoint.sync[0].name}/variant/${local.variant_name}"
+  resource_id        = "endpoint/${aws_sagemaker_endpoint.this["sync"].name}/variant/${local.variant_name}"
   scalable_dimension = "sagemaker:variant:DesiredInstanceCount"
   min_capacity       = var.sync_instance_count
   max_capacity       = max(var.sync_instance_count, var.sync_max_instance_count)

@@ -11,6 +11,9 @@ resource "aws_iam_role" "build" {
 }
 
 data "aws_iam_policy_document" "build" {
+  # The stack key, the image, its logs and metrics: iam.tf, shared with the execution role.
+  source_policy_documents = [data.aws_iam_policy_document.sagemaker_common["build"].json]
+
   statement {
     # Source weights uploaded by hand when the job runs without internet (--model s3://...).
     sid       = "ListSources"
@@ -35,49 +38,6 @@ data "aws_iam_policy_document" "build" {
     sid       = "WriteArtifacts"
     actions   = ["s3:PutObject", "s3:AbortMultipartUpload"]
     resources = ["${aws_s3_bucket.this.arn}/models/*"]
-  }
-
-  statement {
-    # The bucket and the repository are encrypted with the stack key.
-    sid       = "UseTheStackKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"]
-    resources = [aws_kms_key.this.arn]
-  }
-
-  statement {
-    sid = "PullImage"
-    actions = [
-      "ecr:BatchCheckLayerAvailability",
-      "ecr:BatchGetImage",
-      "ecr:GetDownloadUrlForLayer",
-    ]
-    resources = [aws_ecr_repository.this.arn]
-  }
-
-  statement {
-    sid       = "EcrLogin"
-    actions   = ["ecr:GetAuthorizationToken"]
-    resources = ["*"] # GetAuthorizationToken supports no resource-level permission.
-  }
-
-  statement {
-    sid     = "WriteLogs"
-    actions = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-    resources = [
-      "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/sagemaker/ProcessingJobs",
-      "arn:${local.partition}:logs:${var.region}:${local.account_id}:log-group:/aws/sagemaker/ProcessingJobs:log-stream:*",
-    ]
-  }
-
-  statement {
-    sid       = "PutMetrics"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"] # PutMetricData supports no resource-level permission; narrowed by namespace.
-    condition {
-      test     = "StringLike"
-      variable = "cloudwatch:namespace"
-      values   = ["/aws/sagemaker/ProcessingJobs"]
-    }
   }
 }
 

@@ -1,17 +1,21 @@
-# Alarms on what users feel: server errors, model latency, and requests stuck in the async
-# queue. The error and latency alarms also gate rollouts (deployment_config in sagemaker.tf):
-# SageMaker rolls an update back if one of them fires while the new fleet bakes.
+# Alarms on what users feel: server errors, model latency, time queued inside the server, and
+# requests stuck in the async queue. The error, latency and queue-wait alarms also gate
+# rollouts (deployment_config in sagemaker.tf): SageMaker rolls an update back if one of them
+# fires while the new fleet bakes. One dashboard per endpoint (dashboard.tf).
 
 locals {
   alarm_endpoints = { sync = local.sync_endpoint_name, async = local.async_endpoint_name }
   # Names are fixed so the execution role can be granted DescribeAlarms before they exist.
   rollback_alarm_names = flatten([
-    for kind, endpoint in local.alarm_endpoints : ["${endpoint}-5xx-errors", "${endpoint}-model-latency"]
+    for kind, endpoint in local.alarm_endpoints : [
+      "${endpoint}-5xx-errors", "${endpoint}-model-latency", "${endpoint}-queue-wait",
+    ]
   ])
   rollback_alarms = {
     for kind in keys(aws_cloudwatch_metric_alarm.errors) : kind => [
       aws_cloudwatch_metric_alarm.errors[kind].alarm_name,
       aws_cloudwatch_metric_alarm.latency[kind].alarm_name,
+      aws_cloudwatch_metric_alarm.queue_wait[kind].alarm_name,
     ]
   }
 }
@@ -64,6 +68,30 @@ resource "aws_cloudwatch_metric_alarm" "latency" {
   evaluation_periods  = 3
   datapoints_to_alarm = 3
   threshold           = var.model_latency_alarm_ms * 1000 # ModelLatency is in microseconds
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [aws_sns_topic.alarms.arn]
+  ok_actions          = [aws_sns_topic.alarms.arn]
+}
+
+# QueueWait is the serving code's own metric (EMF, namespace metrics_namespace): how long a
+# request waited inside the server for a batch slot. p90 over the threshold for 3 minutes means
+# the replicas cannot keep up (or a new release batches worse): it rolls a deployment back.
+resource "aws_cloudwatch_metric_alarm" "queue_wait" {
+  for_each          = local.deploy ? local.alarm_endpoints : {}
+  alarm_name        = "${each.value}-queue-wait"
+  alarm_description = "${each.value}: QueueWait p90 above ${var.queue_wait_alarm_ms} ms inside the server. Rolls back a deployment in progress."
+  namespace         = var.metrics_namespace
+  metric_name       = "QueueWait"
+  dimensions = {
+    EndpointName = each.value
+    VariantName  = local.variant_name
+  }
+  extended_statistic  = "p90"
+  period              = 60
+  evaluation_periods  = 3
+  datapoints_to_alarm = 3
+  threshold           = var.queue_wait_alarm_ms # QueueWait is in milliseconds
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = [aws_sns_topic.alarms.arn]

@@ -9,11 +9,14 @@ data "aws_availability_zones" "available" {
 
 locals {
   azs = slice(data.aws_availability_zones.available.names, 0, var.az_count)
+  # What the instances themselves call: ECR to pull the image, CloudWatch Logs for the
+  # container's output (and its EMF metrics). No sagemaker.runtime endpoint: the container is
+  # network-isolated and every client calls the endpoints from outside the VPC, so an interface
+  # endpoint there would be an hourly charge per AZ with no caller (issue 17, item 11).
   interface_endpoints = {
-    sagemaker_runtime = "com.amazonaws.${var.region}.sagemaker.runtime"
-    ecr_api           = "com.amazonaws.${var.region}.ecr.api"
-    ecr_dkr           = "com.amazonaws.${var.region}.ecr.dkr"
-    logs              = "com.amazonaws.${var.region}.logs"
+    ecr_api = "com.amazonaws.${var.region}.ecr.api"
+    ecr_dkr = "com.amazonaws.${var.region}.ecr.dkr"
+    logs    = "com.amazonaws.${var.region}.logs"
   }
 }
 

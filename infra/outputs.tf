@@ -1,16 +1,39 @@
 output "sync_endpoint_name" {
   description = "Real-time endpoint (aws sagemaker-runtime invoke-endpoint); null until image_tag is set."
-  value       = one(aws_sagemaker_endpoint.sync[*].name)
+  value       = try(aws_sagemaker_endpoint.this["sync"].name, null)
 }
 
 output "async_endpoint_name" {
   description = "Async endpoint (aws sagemaker-runtime invoke-endpoint-async); null until image_tag is set."
-  value       = one(aws_sagemaker_endpoint.async[*].name)
+  value       = try(aws_sagemaker_endpoint.this["async"].name, null)
 }
 
-output "model_name" {
-  description = "SageMaker model: image tag plus a digest of image, artifact and environment."
-  value       = one(aws_sagemaker_model.this[*].name)
+output "model_names" {
+  description = "The release's SageMaker model per endpoint: endpoint, image tag and a digest of image, artifact and environment."
+  value       = { for kind, name in local.current_config : kind => local.configs[name].model_name }
+}
+
+output "release" {
+  description = "Per endpoint: the endpoint config and model this release switches it to, and those of the live release kept beside them (`python -m optimize release verify` reads this)."
+  value = {
+    for kind, endpoint in local.endpoints : kind => {
+      endpoint_name        = endpoint
+      endpoint_config_name = local.current_config[kind]
+      model_name           = local.configs[local.current_config[kind]].model_name
+      kept_configs         = sort([for name, c in local.configs : name if c.kind == kind && c.role == "live"])
+      live_instance_count  = lookup(local.live_count, kind, null)
+    }
+  }
+}
+
+output "dashboard_names" {
+  description = "CloudWatch dashboard per endpoint."
+  value       = { for kind, d in aws_cloudwatch_dashboard.endpoint : kind => d.dashboard_name }
+}
+
+output "metrics_namespace" {
+  description = "Namespace of the server's own metrics."
+  value       = var.metrics_namespace
 }
 
 output "image_tag" {
@@ -30,7 +53,7 @@ output "bucket" {
 
 output "model_artifact_uri" {
   description = "The deployed artifact (null before the first deploy)."
-  value       = var.model_artifact == null ? null : local.artifact_uri
+  value       = var.model_artifact == null ? null : "s3://${aws_s3_bucket.this.id}/${var.model_artifact}"
 }
 
 output "async_input_prefix" {

@@ -67,14 +67,15 @@ variable "inference_ami_version" {
   default     = "al2-ami-sagemaker-inference-gpu-3-1"
 
   validation {
-    # The GPU values of ProductionVariant.InferenceAmiVersion (SageMaker API reference).
+    # The GPU values of ProductionVariant.InferenceAmiVersion that the pinned provider (5.100.0)
+    # accepts: it validates against its SDK's enum, which stops at gpu-3-1, so
+    # al2023-ami-sagemaker-inference-gpu-4-1 (in the API since) fails at plan time there.
     condition = contains([
       "al2-ami-sagemaker-inference-gpu-2",
       "al2-ami-sagemaker-inference-gpu-2-1",
       "al2-ami-sagemaker-inference-gpu-3-1",
-      "al2023-ami-sagemaker-inference-gpu-4-1",
     ], var.inference_ami_version)
-    error_message = "inference_ami_version must be a GPU inference AMI: al2-ami-sagemaker-inference-gpu-2, al2-ami-sagemaker-inference-gpu-2-1, al2-ami-sagemaker-inference-gpu-3-1 (driver 550, CUDA 12.4) or al2023-ami-sagemaker-inference-gpu-4-1."
+    error_message = "inference_ami_version must be a GPU inference AMI the pinned provider accepts: al2-ami-sagemaker-inference-gpu-2, al2-ami-sagemaker-inference-gpu-2-1 or al2-ami-sagemaker-inference-gpu-3-1 (driver 550, CUDA 12.4)."
   }
 }
 
@@ -85,8 +86,54 @@ variable "container_environment" {
 
   validation {
     # CreateModel's Environment: keys [a-zA-Z_][a-zA-Z0-9_]*, at most 100 entries.
-    condition     = length(var.container_environment) <= 100 && alltrue([for k in keys(var.container_environment) : can(regex("^[a-zA-Z_][a-zA-Z0-9_]*$", k))])
-    error_message = "container_environment keys must match [a-zA-Z_][a-zA-Z0-9_]* (at most 100 entries)."
+    condition     = length(var.container_environment) <= 97 && alltrue([for k in keys(var.container_environment) : can(regex("^[a-zA-Z_][a-zA-Z0-9_]*$", k))])
+    error_message = "container_environment keys must match [a-zA-Z_][a-zA-Z0-9_]* (at most 97 entries: Terraform adds 3 of the 100)."
+  }
+
+  validation {
+    # Terraform sets these per endpoint (sagemaker.tf); the serving code names its metrics by them.
+    condition     = length(setintersection(keys(var.container_environment), ["SDTURBO_ENDPOINT_NAME", "SDTURBO_VARIANT_NAME", "SDTURBO_METRICS_NAMESPACE"])) == 0
+    error_message = "container_environment must not set SDTURBO_ENDPOINT_NAME, SDTURBO_VARIANT_NAME or SDTURBO_METRICS_NAMESPACE: Terraform sets them (metrics_namespace for the last)."
+  }
+}
+
+variable "live_releases" {
+  description = "What each endpoint (sync, async) serves now and its desired instance count, as `python -m optimize release live` reads them from AWS before every plan (deploy-infrastructure.yml writes live.tfvars.json). The live release's model and endpoint config are kept through this release, so a rollback lands on resources that exist; the new fleet starts with instance_count instances. {} before the first deploy. Fields left null are the current release's."
+  type = map(object({
+    image_tag             = string
+    model_artifact        = string
+    container_environment = optional(map(string))
+    instance_type         = optional(string)
+    inference_ami_version = optional(string)
+    instance_count        = number
+  }))
+  default = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.live_releases : contains(["sync", "async"], k) && v.instance_count >= 0 && floor(v.instance_count) == v.instance_count])
+    error_message = "live_releases: keys sync and async only, instance_count a whole number >= 0."
+  }
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace of the server's own metrics (EMF lines in its logs), passed to the container as SDTURBO_METRICS_NAMESPACE; the dashboards and the queue-wait alarm read it."
+  type        = string
+  default     = "SDTurbo"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9._/#:-]{1,255}$", var.metrics_namespace)) && !startswith(var.metrics_namespace, "AWS/")
+    error_message = "metrics_namespace must be 1-255 characters of A-Za-z0-9._/#:- and not start with AWS/."
+  }
+}
+
+variable "queue_wait_alarm_ms" {
+  description = "Alarm (and roll back a deployment) when the server's QueueWait p90 stays above this many milliseconds for 3 minutes."
+  type        = number
+  default     = 5000
+
+  validation {
+    condition     = var.queue_wait_alarm_ms > 0
+    error_message = "queue_wait_alarm_ms must be positive."
   }
 }
 
@@ -119,7 +166,7 @@ variable "sync_instance_count" {
 
   validation {
     condition     = var.sync_instance_count >= 1 && floor(var.sync_instance_count) == var.sync_instance_count
-    error_message = "sync_instance_count must be a whole number >= 1."
+    error_message = "sync_instance_count must be a whole number >= 1 (a real-time endpoint cannot scale to zero with provider 5.100.0: infra/README.md)."
   }
 }
 
@@ -344,19 +391,21 @@ variable "deployment_bake_s" {
   default     = 600
 
   validation {
-    condition     = var.deployment_bake_s >= 0 && var.deployment_bake_s <= 3600
-    error_message = "deployment_bake_s must be between 0 and 3600."
+    # The bake is part of the update: it must leave time within deployment_timeout_s for the
+    # new fleet to start (instance, download, warm-up).
+    condition     = var.deployment_bake_s >= 0 && var.deployment_bake_s <= 1800
+    error_message = "deployment_bake_s must be between 0 and 1800 (it runs within deployment_timeout_s, at most 3300)."
   }
 }
 
 variable "deployment_timeout_s" {
-  description = "Longest a blue/green update may take (instance start, model download, warm-up, baking) before SageMaker rolls it back."
+  description = "Longest a blue/green update may take (instance start, model download, warm-up, baking) before SageMaker rolls it back. At most 3300 s: the provider (5.100.0) waits 60 minutes for InService and then fails the apply while SageMaker carries on, so SageMaker must give up first. The apply job's 100 minutes and its 2-hour credentials cover this wait for both endpoints (they update in parallel) plus the rest of the apply."
   type        = number
-  default     = 5400
+  default     = 3300
 
   validation {
-    condition     = var.deployment_timeout_s >= 600 && var.deployment_timeout_s <= 14400
-    error_message = "deployment_timeout_s must be between 600 and 14400."
+    condition     = var.deployment_timeout_s >= 600 && var.deployment_timeout_s <= 3300
+    error_message = "deployment_timeout_s must be between 600 and 3300: the provider stops waiting for InService after 60 minutes."
   }
 }
 

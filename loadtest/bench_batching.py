@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from loadtest import loadgen
 from loadtest.fakes import FixedCostBackend
-from serve_app.batching import ImageBatch
 from serve_app.config import BatchConfig
 from serve_app.engine import Engine
+from serve_app.engine.batch import ImageBatch
 from serve_app.schemas import GenerateRequest
 
 
@@ -51,8 +51,8 @@ class TimerPolicy:
                 0.0,
             )
             loop = asyncio.get_running_loop()
-            images = await loop.run_in_executor(self._thread, backend.generate, batch)
-            return [len(requests)] * len(images)
+            generated = await loop.run_in_executor(self._thread, backend.generate, batch)
+            return [len(requests)] * len(generated.images)
 
         self.run = run
 

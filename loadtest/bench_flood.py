@@ -60,10 +60,11 @@ def served_after(url: str) -> bool:
 
 
 def run(options: argparse.Namespace) -> dict:
-    from serve_app.server import free_port, serve_session, wait_until_ready
+    from serve_app.ports import reserved_port
+    from serve_app.server import serve_session, wait_until_ready
 
     args = AppArgs(model=options.model, device="cpu", warmup_sizes=[options.size, 64])
-    with serve_session(args, port=free_port()) as url:
+    with reserved_port() as port, serve_session(args, port=port) as url:
         wait_until_ready(url)
         rounds = [flood(url, n, options.size) for n in options.connections]
         after = served_after(url)

@@ -1,20 +1,22 @@
 """One command that measures the GPU path: the full SD-Turbo architecture, variant by variant.
 
 Each variant runs in a fresh process with an empty Inductor cache, through the server's own code
-(``pipeline.prepare``: load, optimise, compile and warm up every batch size; then
-``pipeline.generate``, uint8 on the device, as a replica runs it). It reports per-stage times
-from CUDA events (text encoder, UNet, VAE decoder, post-processing), p50 and p90 per call at
-each batch size, images per second, the warm-up (compile) time and the FX-graph cache's hit
-rate. Default model: random weights of the full architecture (``serve_app.full``), whose timing
-is the real model's.
+(``pipeline.startup.prepare``: load, optimise, compile, capture CUDA graphs and warm up every
+batch bucket; then the ``Generator``, uint8 images on the host, as a replica runs it). It
+reports per-stage times from CUDA events (text encoder, UNet loop, VAE decode, copy to the
+host), p50 and p90 per call at each batch size, images per second, the warm-up (compile and
+capture) time and the FX-graph cache's hit rate. Each row is written to ``--output`` as it
+finishes, and no variant starts after ``--deadline-s``: a run cut short keeps what it measured,
+in the order given. Default model: random weights of the full architecture
+(``serve_app.models.random_full``), whose timing is the real model's.
 
     python -m loadtest.bench_gpu --output gpu.json
-    python -m loadtest.bench_gpu --variants eager,compile --batch-sizes 1,4
+    python -m loadtest.bench_gpu --variants compile,eager,graphs --batch-buckets 1,4
     # VAE decode, full decoder vs AutoencoderTiny, on any machine (slow on a CPU):
-    python -m loadtest.bench_gpu --device cpu --variants eager,taesd --batch-sizes 1 --iters 1
+    python -m loadtest.bench_gpu --device cpu --variants eager,taesd --batch-buckets 1 --iters 1
     # The serving engine on the GPU (compiled, as a replica runs it): batch fill, the time a
     # lone request spends outside the pipeline call, and requests at uncompiled shapes.
-    python -m loadtest.bench_gpu --variants serving --batch-sizes 1,4,8
+    python -m loadtest.bench_gpu --variants serving --batch-buckets 1,4,8
 
 Anchors (A100, SD-Turbo 512x512, 1 step): torch.compile ~47 ms/image at batch 1, ~26 images/s at
 batch 4; ORT-TensorRT 36 ms, 33.5 images/s (HF blog on SD-Turbo with ONNX Runtime).
@@ -33,69 +35,85 @@ import time
 from loadtest.fresh import FreshProcessFailed, run_fresh
 from serve_app.config import parse_int_list, parse_key_value
 
-COMPILED = {"channels_last": True, "fuse_qkv": True, "compile": True}
+COMPILED = {"channels_last": True, "fuse_qkv": True, "compile": True, "cuda_graphs": True}
+EAGER = {"channels_last": False, "fuse_qkv": False, "cuda_graphs": False}
 # Each variant is the server's settings for it; "eager" is the baseline every other row changes.
+# "compile" is the server's GPU path: own step, compiled UNet step, decode and text encoder,
+# each bucket a CUDA graph per step count.
 VARIANTS: dict[str, dict] = {
-    "eager": {"channels_last": False, "fuse_qkv": False},
-    "channels_last": {"channels_last": True, "fuse_qkv": False},
-    "fuse_qkv": {"channels_last": True, "fuse_qkv": True},
-    "xformers": {"channels_last": True, "fuse_qkv": False, "attention": "xformers"},
-    "cudnn_benchmark": {"channels_last": True, "fuse_qkv": True, "cudnn_benchmark": True},
-    "taesd": {"channels_last": True, "fuse_qkv": True, "vae": "taesd-random"},
     "compile": COMPILED,
-    "compile_unet_only": {**COMPILED, "compile_vae_decoder": False},
-    "compile_text_encoder": {**COMPILED, "compile_text_encoder": True},
-    "compile_inductor_flags": {**COMPILED, "inductor_flags": True},
-    # CUDA graphs remove per-kernel launch cost: matters most at batch 1.
-    "compile_cudagraphs": {**COMPILED, "compile_mode": "max-autotune"},
+    "eager": EAGER,
+    "graphs": {**EAGER, "cuda_graphs": True},  # CUDA graphs of the uncompiled modules
+    "compile_no_graphs": {**COMPILED, "cuda_graphs": False},
     "compile_taesd": {**COMPILED, "vae": "taesd-random"},
+    # Image-to-image on the server's GPU path: strength 0.5 at 2 steps (one denoising step).
+    "image_to_image": COMPILED,
+    "taesd": {**EAGER, "vae": "taesd-random"},
+    "channels_last": {**EAGER, "channels_last": True},
+    "fuse_qkv": {**EAGER, "channels_last": True, "fuse_qkv": True},
+    "xformers": {**EAGER, "channels_last": True, "attention": "xformers"},
+    "cudnn_benchmark": {**EAGER, "channels_last": True, "fuse_qkv": True, "cudnn_benchmark": True},
+    "compile_inductor_flags": {**COMPILED, "inductor_flags": True},
+    # Inductor's own CUDA graphs (cudagraph trees) instead of the generate step's.
+    "compile_inductor_cudagraphs": {
+        **COMPILED,
+        "cuda_graphs": False,
+        "compile_mode": "max-autotune",
+    },
 }
-STAGES = ("text_encoder", "unet", "vae_decode", "postprocess")
+STAGES = ("text_encoder", "unet", "vae_decode", "copy")
 SERVING = "serving"  # not a setting: the compiled engine under load (``serve``)
 
 
 def measure(job: dict) -> dict:
     """In a fresh process: prepare one variant as a replica would, then time every batch size."""
+    import dataclasses
+
+    import numpy as np
     import torch
 
-    from serve_app import pipeline
-    from serve_app.batching import ImageBatch
     from serve_app.config import ModelSettings
-    from serve_app.stages import StageTimer
+    from serve_app.engine.batch import ImageBatch
+    from serve_app.pipeline.startup import prepare
 
     settings = ModelSettings.model_validate(
         {
             "model": job["model"],
             "device": job["device"],
             "warmup_sizes": [job["size"]],
-            "compile_batch_sizes": job["batch_sizes"],
+            "batch_buckets": job["batch_sizes"],
+            "prompt_cache_size": 0,  # every call runs the text encoder: its time is measured
             **VARIANTS[job["variant"]],
             **job["overrides"],
         }
     )
     if settings.attention == "xformers":
         import xformers  # noqa: F401  (the gpu extra): fail the row rather than time SDPA
-    prepared = pipeline.prepare(settings)
-    timer = StageTimer(prepared.pipe)
+    prepared = prepare(settings)
+    generate = prepared.generator
     cuda = job["device"] == "cuda"
     rows = {}
+    image_to_image = job["variant"] == "image_to_image"
     for n in job["batch_sizes"]:
         size = job["size"]
+        steps = 2 if image_to_image else job["steps"]
         batch = ImageBatch(
-            ["a photo of a cat"] * n, [""] * n, list(range(n)), size, size, job["steps"], 0.0
+            ["a photo of a cat"] * n, [""] * n, list(range(n)), size, size, steps, 0.0
         )
-        pipeline.generate(prepared.pipe, batch, prepared.compiled)
-        timer.collect()
+        if image_to_image:
+            sketch = np.linspace(0, 255, size * size * 3).astype(np.uint8).reshape(size, size, 3)
+            batch = dataclasses.replace(batch, init_images=[sketch] * n, strength=0.5)
+        generate(batch)
         calls, stages = [], {stage: [] for stage in STAGES}
         for _ in range(job["iters"]):
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
             # Returns uint8 on the host: the device's work for the call is done.
-            pipeline.generate(prepared.pipe, batch, prepared.compiled, stages=timer)
+            stages_ms = generate(batch).stages_ms
             calls.append((time.perf_counter() - start) * 1000)
-            for stage, ms in timer.collect().items():
-                stages[stage].append(ms)
+            for stage, ms in stages_ms.items():
+                stages.setdefault(stage, []).append(ms)
         p50 = statistics.median(calls)
         rows[n] = {
             "p50_ms": p50,
@@ -109,6 +127,7 @@ def measure(job: dict) -> dict:
         "variant": job["variant"],
         "settings": VARIANTS[job["variant"]],
         "warmup_s": prepared.timings["warmup_s"],
+        "compile": prepared.compile_status.state,
         "fxgraph_cache": cache,
         "batches": rows,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
@@ -130,7 +149,7 @@ def serve(job: dict) -> dict:
 
     from serve_app.config import BatchConfig, ModelSettings
     from serve_app.engine import Engine
-    from serve_app.pipeline import DiffusersBackend
+    from serve_app.pipeline.backend import DiffusersBackend
     from serve_app.schemas import GenerateRequest
 
     size = job["size"]
@@ -139,7 +158,7 @@ def serve(job: dict) -> dict:
             "model": job["model"],
             "device": job["device"],
             "warmup_sizes": [size],
-            "compile_batch_sizes": job["batch_sizes"],
+            "batch_buckets": job["batch_sizes"],
             **COMPILED,
             **job["overrides"],
         }
@@ -234,7 +253,7 @@ def table(rows: list[dict], batch_sizes: list[int]) -> str:
     header = f"{'variant':<24}{'b1 p50 ms':>10}{'b1 p90':>8}" + "".join(
         f"{f'img/s b{n}':>11}" for n in batch_sizes
     )
-    header += "  b1 stages ms (te/unet/vae/post)   warm-up s  FX hit/miss"
+    header += "  b1 stages ms (te/unet/vae/copy)   warm-up s  FX hit/miss"
     lines = [header]
     for row in rows:
         if "error" in row:
@@ -291,10 +310,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--variants",
-        default="eager,fuse_qkv,taesd,compile,compile_taesd",
+        default="compile,eager,graphs,compile_taesd,serving,image_to_image",
         help=f"comma-separated, from: {', '.join([*VARIANTS, SERVING])}",
     )
-    parser.add_argument("--batch-sizes", type=parse_int_list, default=[1, 4, 8, 16])
+    parser.add_argument(
+        "--batch-buckets",
+        dest="batch_sizes",
+        type=parse_int_list,
+        default=[1, 4, 8, 16],
+        help="the batch buckets prepared, each measured (default: %(default)s)",
+    )
     parser.add_argument("--size", type=int, default=512, help="square image size")
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--iters", type=int, default=10, help="timed calls per batch size")
@@ -313,7 +338,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a model setting for every variant, e.g. --set compile_mode=default (quicker "
         "to compile than the server's max-autotune-no-cudagraphs)",
     )
-    parser.add_argument("--output", help="write results as JSON here")
+    parser.add_argument("--output", help="write results as JSON here, row by row")
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=540.0,
+        help="start no variant after this many seconds (default: %(default)s, under a 10-minute "
+        "device command); the rows done are kept",
+    )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
     unknown = set(args.variants) - {*VARIANTS, SERVING}
@@ -334,8 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     rows = []
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="inductor-gpu-") as caches:
         for variant in args.variants:
+            if time.monotonic() - started > args.deadline_s:
+                print(f"deadline reached: {variant} and after not run", flush=True)
+                break
             print(f"{variant}...", flush=True)
             # Each variant compiles from an empty Inductor cache, except "serving", which starts
             # on the cache that "compile" (the same settings) left, as a replica on an artifact.

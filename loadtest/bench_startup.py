@@ -8,7 +8,7 @@ folder (so nothing is reused from an earlier run), all with compilation on:
 3. **artifact w/o kernels**: the same without ``inductor_cache/``, i.e. with only what
    ``torch.compiler.save_cache_artifacts`` stores (on a CPU, every C++ kernel is rebuilt).
 
-Each child starts the pipeline with ``serve_app.pipeline.prepare`` (what a replica runs) and
+Each child starts the pipeline with ``serve_app.pipeline.startup.prepare`` (what a replica runs) and
 generates one image; it reports each phase, the FX-graph cache's hits and misses, and Dynamo's
 own split of the compile time.
 
@@ -38,19 +38,23 @@ PLAIN_FOLDER, ARTIFACT, CACHE_ONLY = "plain folder", "artifact", "artifact w/o k
 def start(settings: dict) -> dict:
     """In a fresh process: start as a replica does, generate one image, report the phases."""
     began = time.time()
-    from serve_app import pipeline
-    from serve_app.batching import ImageBatch
     from serve_app.config import ModelSettings
+    from serve_app.engine.batch import ImageBatch
+    from serve_app.pipeline.startup import prepare
 
     imported = time.time()
-    prepared = pipeline.prepare(ModelSettings.model_validate(settings))
-    size = prepared.compiled.sizes[0] if prepared.compiled.sizes else 512
+    prepared = prepare(ModelSettings.model_validate(settings))
+    shapes = prepared.generator.shapes
+    size = shapes.sizes[0] if shapes.sizes else 512
     first = time.perf_counter()
     batch = ImageBatch(["a cat"], [""], [1], size, size, 1, 0.0)
-    pipeline.generate(prepared.pipe, batch, prepared.compiled)
+    image = prepared.generator(batch).images[0]
     from torch._dynamo.utils import calculate_time_spent
 
     return {
+        "compile": prepared.compile_status.state,
+        # The first image's pixels (small models only), to compare with an eager run.
+        "pixels": image.tolist() if size <= 128 else None,
         "started_at": began,
         "done_at": time.time(),
         "imports_s": imported - began,
@@ -126,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny", help="tiny, sd-turbo-random, or a folder")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--compile-mode", default="default")
-    parser.add_argument("--sizes", type=parse_int_list, default=[512], help="e.g. 256,512")
-    parser.add_argument("--batch-sizes", type=parse_int_list, default=[1], help="e.g. 1,4")
+    parser.add_argument("--warmup-sizes", type=parse_int_list, default=[512], help="e.g. 256,512")
+    parser.add_argument("--batch-buckets", type=parse_int_list, default=[1], help="e.g. 1,4")
     parser.add_argument("--repeats", type=int, default=1, help="starts of each kind, alternating")
     parser.add_argument("--artifact", type=Path, help="reuse a built artifact folder")
     parser.add_argument(
@@ -141,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     # One dict of settings for the build and every timed start: they compile the same graphs.
     settings = {
         "device": args.device,
+        "compile": True,
         "compile_mode": args.compile_mode,
-        "warmup_sizes": args.sizes,
-        "compile_batch_sizes": args.batch_sizes,
+        "warmup_sizes": args.warmup_sizes,
+        "batch_buckets": args.batch_buckets,
     }
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as work:
         artifact, build_s = args.artifact, None
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building the artifact ({args.model}, {settings})...", flush=True)
             build_s = build_artifact(args.model, settings, artifact)
             print(f"built in {build_s:.1f}s", flush=True)
-        from serve_app.pipeline import resolve_model_path
+        from serve_app.pipeline.loading import resolve_model_path
 
         starts = {PLAIN_FOLDER: resolve_model_path(args.model), ARTIFACT: str(artifact)}
         if args.cache_only:

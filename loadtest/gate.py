@@ -9,7 +9,9 @@ do not (much). Exits 1 when one misses its bar; the JSON keeps the evidence.
 3. batching policy: a lone request's p50 with Ray's timer over the engine's "when free" policy,
    and throughput at 32 clients, engine over timer (bench_batching, fake pipeline);
 4. start-up: cold start (plain folder, compiling) over artifact start (compile cache), in fresh
-   processes (bench_startup).
+   processes (bench_startup);
+5. encoding: a 512x512 natural image as PNG, Pillow's fastest level over the server's fpng
+   (bench_encode).
 
     python -m loadtest.gate --output gate.json
 """
@@ -23,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from loadtest import bench_batching, bench_serving, bench_startup
+from loadtest import bench_batching, bench_encode, bench_serving, bench_startup
 
 
 def serving(options: argparse.Namespace) -> dict:
@@ -51,7 +53,9 @@ def startup(options: argparse.Namespace) -> dict:
     }
 
 
-def checks(serve: dict, batching: dict, start: dict, options: argparse.Namespace) -> list:
+def checks(
+    serve: dict, batching: dict, start: dict, encode: dict, options: argparse.Namespace
+) -> list:
     one, many = batching["clients"][1], batching["clients"][32]
     rows = [
         ("batching_speedup", serve["batching_speedup"], "min", options.min_batching_speedup),
@@ -74,6 +78,7 @@ def checks(serve: dict, batching: dict, start: dict, options: argparse.Namespace
             "min",
             options.min_startup_speedup,
         ),
+        ("png_encode_speedup", encode["png_speedup_natural"], "min", options.min_png_speedup),
     ]
     return [
         {
@@ -111,6 +116,12 @@ def parser() -> argparse.ArgumentParser:
         help="throughput at 32 clients, when-free over timer (default 0.9)",
     )
     p.add_argument("--min-startup-speedup", type=float, default=1.5)
+    p.add_argument(
+        "--min-png-speedup",
+        type=float,
+        default=5.0,
+        help="PNG of a natural 512x512 image, Pillow level 1 over fpng (default 5)",
+    )
     p.add_argument("--output", type=Path, help="write the JSON summary here")
     return p
 
@@ -131,13 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     batching = policy(options)
     print(bench_batching.report(batching), flush=True)
     start = startup(options)
-    rows = checks(serve, batching, start, options)
+    encode = bench_encode.run(repeats=20)
+    print(bench_encode.report(encode), flush=True)
+    rows = checks(serve, batching, start, encode, options)
     passed = all(row["passed"] for row in rows)
     summary = {
         "passed": passed,
         "checks": rows,
         "serving": serve,
         "batching": batching,
+        "encode": encode,
         "startup": start,
     }
     if options.output:

@@ -8,6 +8,10 @@
     locust -f loadtest/locustfile.py --headless --shape scale-from-zero -u 8 --burst-seconds 60 \\
         --host http://127.0.0.1:8000 --csv results/sfz
 
+    # Image-to-image (name the user class): a generated sketch, or --input-image PATH
+    locust -f loadtest/locustfile.py ImageToImageUser --headless -u 8 -t 30s --steps 2 \
+        --strength 0.5 --host http://127.0.0.1:8000
+
     # SageMaker: name the user class
     locust -f loadtest/locustfile.py SageMakerUser --headless -u 4 -t 5m --endpoint-name NAME
     locust -f loadtest/locustfile.py SageMakerAsyncUser --headless --shape scale-from-zero \\
@@ -28,7 +32,7 @@ import gevent
 import requests
 from locust import FastHttpUser, LoadTestShape, User, constant, events, task
 
-from loadtest import shapes
+from loadtest import server_view, shapes
 from serve_app import client
 
 logger = logging.getLogger("sdturbo.loadtest")
@@ -43,6 +47,7 @@ class State:
     stages: list[shapes.Stage] = []
     samples: list[tuple[float, int | None, int]] = []  # (epoch s, replicas, users)
     sampler: gevent.Greenlet | None = None
+    server_before: dict | None = None  # the server's metrics at the start (--metrics-url)
 
 
 @events.init_command_line_parser.add_listener
@@ -52,6 +57,8 @@ def _options(parser) -> None:
     add("--image-size", type=int, default=512, help="square image size (default 512)")
     add("--steps", type=int, default=1, help="inference steps, 1-4")
     add("--image-format", default="png", choices=["png", "jpeg", "webp"])
+    add("--input-image", default="", help="ImageToImageUser: the input (default: a gradient)")
+    add("--strength", type=float, default=0.5, help="ImageToImageUser: strength (default 0.5)")
     add(
         "--shape",
         default="",
@@ -72,6 +79,13 @@ def _options(parser) -> None:
         help="scale-from-zero, local: 0 replicas held this long counts as scaled to zero even "
         "if no replica was seen leave (a starting server also shows 0)",
     )
+    add(
+        "--metrics-url",
+        default="",
+        help="the server's Prometheus metrics, e.g. http://127.0.0.1:9464/metrics: the report "
+        "shows the server's view (batch fill, queue wait, stage times) beside the client's",
+    )
+    add("--max-batch-size", type=int, default=8, help="the server's, for the batch fill")
     add("--max-fail-ratio", type=float, default=0.01, help="exit 1 above this failure ratio")
     add("--max-p95-ms", type=float, default=0.0, help="exit 1 above this p95 (0: no limit)")
     add("--endpoint-name", default="", help="SageMaker endpoint (SageMaker users)")
@@ -91,6 +105,23 @@ def request_body(options) -> dict:
     }
 
 
+def input_image(options) -> str:
+    """ImageToImageUser's input, base64: --input-image, else a smooth generated sketch."""
+    import base64
+    import io
+    from pathlib import Path
+
+    if options.input_image:
+        return base64.b64encode(Path(options.input_image).read_bytes()).decode("ascii")
+    from PIL import Image
+
+    size = options.image_size
+    sketch = Image.linear_gradient("L").resize((size, size)).convert("RGB")
+    buffer = io.BytesIO()
+    sketch.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def _error_line(response) -> str:
     try:
         error = response.json()["error"]
@@ -105,11 +136,14 @@ class PredictUser(FastHttpUser):
     wait_time = constant(0)
     network_timeout = 120.0  # a scale from zero holds the first request for the model's start
     connection_timeout = 120.0
+    name = "/predict"
+
+    def body(self) -> dict:
+        return request_body(self.environment.parsed_options)
 
     @task
     def predict(self) -> None:
-        body = request_body(self.environment.parsed_options)
-        with self.rest("POST", "/predict", json=body) as response:
+        with self.rest("POST", "/predict", json=self.body(), name=self.name) as response:
             # Locust copies the context it is given; this one reaches the request event.
             context = response.request_meta["context"]
             if response.status_code != 200:
@@ -118,6 +152,19 @@ class PredictUser(FastHttpUser):
                 response.failure("200 without an image")
             else:
                 context["timings"] = response.js["timings"]
+
+
+class ImageToImageUser(PredictUser):
+    """POST /predict with an input image and strength (image-to-image)."""
+
+    name = "/predict image"
+
+    def on_start(self) -> None:
+        self.image = input_image(self.environment.parsed_options)
+
+    def body(self) -> dict:
+        strength = self.environment.parsed_options.strength
+        return {**super().body(), "image": self.image, "strength": strength}
 
 
 class InvocationsUser(FastHttpUser):
@@ -304,6 +351,8 @@ def _on_test_start(environment, **_) -> None:
         return
     if State.plan is not None:
         State.plan.started = time.time()
+    if options.metrics_url:
+        State.server_before = _scrape(options.metrics_url)
     if State.plan is not None or options.csv_prefix:
         interval = 0.5 if State.plan is not None else 1.0
         State.sampler = gevent.spawn(_sample_replicas, environment, interval)
@@ -318,7 +367,35 @@ def _on_request(start_time=None, response_time=0.0, exception=None, context=None
     State.plan.observe_request(start_time, end, exception is None, timings, str(exception or ""))
 
 
-def _write_results(prefix: str) -> None:
+def _scrape(url: str) -> dict | None:
+    try:
+        return server_view.scrape(url)
+    except (requests.RequestException, ValueError) as exc:
+        logger.warning("no server metrics from %s: %s", url, exc)
+        return None
+
+
+def _server_view(environment) -> dict | None:
+    """What the server saw during the run, from its metrics, beside the client's latency."""
+    options = environment.parsed_options
+    if State.server_before is None or (after := _scrape(options.metrics_url)) is None:
+        return None
+    total = environment.stats.total
+    return {
+        "server": server_view.summarize(State.server_before, after, options.max_batch_size),
+        "client": {
+            "requests": total.num_requests,
+            "failures": total.num_failures,
+            "p50_ms": total.get_response_time_percentile(0.5),
+            "p95_ms": total.get_response_time_percentile(0.95),
+        },
+    }
+
+
+def _write_results(prefix: str, view: dict | None = None) -> None:
+    if view is not None:
+        with open(f"{prefix}_server.json", "w") as f:
+            json.dump(view, f, indent=2)
     with open(f"{prefix}_replicas.csv", "w") as f:
         f.write("timestamp,replicas,users\n")
         for now, count, users in State.samples:
@@ -356,8 +433,17 @@ def _on_quitting(environment, **_) -> None:
         return
     if State.sampler is not None:
         State.sampler.kill(block=False)
+    view = _server_view(environment)
+    if view is not None:
+        client = view["client"]
+        logger.info(
+            "client: p50 %.0f ms, p95 %.0f ms; %s",
+            client["p50_ms"],
+            client["p95_ms"],
+            server_view.describe(view["server"]),
+        )
     if options.csv_prefix:
-        _write_results(options.csv_prefix)
+        _write_results(options.csv_prefix, view)
     if State.plan is not None:
         logger.info("scale from zero: %s", json.dumps(State.plan.summary()))
     failures = _failed_checks(environment)

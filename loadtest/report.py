@@ -2,8 +2,9 @@
 
     python -m loadtest.report results/local --output docs/loadtest-latency.png
 
-Reads PREFIX_stats.csv and PREFIX_stats_history.csv (Locust's), and PREFIX_replicas.csv and
-PREFIX_scale_from_zero.json (the locustfile's, when present). Writes one PNG with latency
+Reads PREFIX_stats.csv and PREFIX_stats_history.csv (Locust's), and PREFIX_replicas.csv,
+PREFIX_scale_from_zero.json and PREFIX_server.json (the locustfile's, when present: the last is
+the server's view from its metrics, with ``--metrics-url``). Writes one PNG with latency
 percentiles over time, throughput and users, and replicas; the summary goes to PREFIX_summary.md
 and stdout.
 """
@@ -117,7 +118,35 @@ def summary(prefix: str) -> str:
     scale = Path(f"{prefix}_scale_from_zero.json")
     if scale.exists():
         lines += ["", *scale_summary(json.loads(scale.read_text()))]
+    server = Path(f"{prefix}_server.json")
+    if server.exists():
+        lines += ["", *server_summary(json.loads(server.read_text()))]
     return "\n".join(lines) + "\n"
+
+
+def server_summary(view: dict) -> list[str]:
+    """The server's view of the run (its Prometheus metrics) beside the client's latency."""
+    server, client = view["server"], view["client"]
+
+    def ms(value) -> str:
+        return "n/a" if value is None else f"{value:.1f}"
+
+    fill = server.get("batch_fill")
+    waits = server["queue_wait_ms"]
+    return [
+        "#### The server's view (its metrics)",
+        "",
+        f"- requests: {server['requests']:.0f} answered by the server; the client made "
+        f"{client['requests']} ({client['failures']} failed), p50 {ms(client['p50_ms'])} ms, "
+        f"p95 {ms(client['p95_ms'])} ms",
+        "- shed: " + ", ".join(f"{k} {v:.0f}" for k, v in server["shed"].items()),
+        f"- pipeline calls: {server['pipeline_calls']:.0f}, mean batch "
+        f"{ms(server['mean_batch_size'])}" + ("" if fill is None else f", fill {fill:.0%}"),
+        f"- queue wait p50 / p90 / p99: {ms(waits['p50'])} / {ms(waits['p90'])} / "
+        f"{ms(waits['p99'])} ms",
+        "- stage p50: "
+        + ", ".join(f"{stage} {ms(value)} ms" for stage, value in server["stage_ms_p50"].items()),
+    ]
 
 
 def scale_summary(result: dict) -> list[str]:

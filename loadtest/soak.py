@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output")
     options = parser.parse_args(argv)
 
-    from serve_app.server import free_port, serve_session, wait_until_ready
+    from serve_app.ports import reserved_port
+    from serve_app.server import serve_session, wait_until_ready
 
     args = AppArgs(model="tiny", device="cpu", warmup_sizes=[options.size])
-    with serve_session(args, port=free_port(), name=APP) as url:
+    with reserved_port() as port, serve_session(args, port=port, name=APP) as url:
         wait_until_ready(url)
         result = soak(url, options.clients, options.minutes * 60, options.interval_s, options.size)
     print(json.dumps({k: v for k, v in result.items() if k != "p50_ms_per_interval"}, indent=2))

@@ -1,7 +1,7 @@
 """``python -m optimize``: the SageMaker model artifact with precompiled weights.
 
-python -m optimize build --model stabilityai/sd-turbo --output model.tar.gz
-python -m optimize build --model tiny --device cpu --output artifact/ --sizes 64
+python -m optimize build --model stabilityai/sd-turbo --compile --output model.tar.gz
+python -m optimize build --model tiny --device cpu --compile --warmup-sizes 64 --output artifact/
 python -m optimize build --model sd-turbo-random --output model/ --upload s3://bucket/sd/
 python -m optimize sagemaker-build ...   (the same build, as a SageMaker job on the endpoint's GPU)
 """
@@ -13,19 +13,12 @@ import json
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from optimize.sagemaker_job import add_sagemaker_parser
 from serve_app.cli import run_command
-from serve_app.config import ModelSettings, parse_int_list, parse_key_value
-from serve_app.full import FULL_MODEL
-
-DEFAULTS = ModelSettings()  # the server's defaults are the build's: one home
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return parse_int_list(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from serve_app.config import ModelSettings, add_settings_options, parse_key_value, settings_given
+from serve_app.models.random_full import FULL_MODEL
 
 
 def add_build_parser(commands) -> argparse.ArgumentParser:
@@ -44,42 +37,12 @@ def add_build_parser(commands) -> argparse.ArgumentParser:
         "uncompressed (ModelDataSource, CompressionType None)",
     )
     build.add_argument(
-        "--device",
-        choices=["auto", "cpu", "cuda"],
-        default=DEFAULTS.device,
-        help="target device: fp16 weights for cuda, float32 for cpu; compiling "
-        "needs the target present (default: cuda if available)",
-    )
-    build.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="torch.compile every configured shape and ship the cache (default: on)",
-    )
-    build.add_argument(
-        "--compile-mode",
-        default=DEFAULTS.compile_mode,
-        help="torch.compile mode (default: %(default)s)",
-    )
-    build.add_argument(
-        "--batch-sizes",
-        type=_int_list,
-        default=DEFAULTS.compile_batch_sizes,
-        help="batch sizes to compile, comma-separated (default: %(default)s)",
-    )
-    build.add_argument(
-        "--sizes",
-        type=_int_list,
-        default=DEFAULTS.warmup_sizes,
-        help="square resolutions to compile, comma-separated (default: %(default)s)",
-    )
-    build.add_argument(
         "--set",
         type=parse_key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="any other model setting, e.g. --set fuse_qkv=false --set vae=madebyollin/taesd",
+        help="any model setting by its name, e.g. --set fuse_qkv=false (the same as --no-fuse-qkv)",
     )
     build.add_argument(
         "--upload",
@@ -88,6 +51,13 @@ def add_build_parser(commands) -> argparse.ArgumentParser:
         "s3://bucket/prefix/ for a folder",
     )
     build.add_argument("--endpoint-url", help="S3 endpoint (default: AWS's; for tests)")
+    # The server's settings, under the server's names and defaults: --compile ships a compile
+    # cache of --warmup-sizes x --batch-buckets for the target --device.
+    add_settings_options(
+        build.add_argument_group("model settings (serve_app.config.ModelSettings)"),
+        ModelSettings,
+        exclude={"model"},
+    )
     build.set_defaults(func=build_command)
     return build
 
@@ -107,17 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 def build_command(args: argparse.Namespace) -> int:
     from optimize.build import build
 
-    settings = ModelSettings.model_validate(
-        {
-            "model": args.model,
-            "device": args.device,
-            "compile": args.compile,
-            "compile_mode": args.compile_mode,
-            "compile_batch_sizes": args.batch_sizes,
-            "warmup_sizes": args.sizes,
-            **dict(args.set),
-        }
-    )
+    try:
+        settings = ModelSettings.model_validate(
+            {"model": args.model, **dict(args.set), **settings_given(args, ModelSettings)}
+        )
+    except ValidationError as exc:
+        print(f"optimize build: error: invalid settings: {exc}", file=sys.stderr)
+        return 2
     result = build(settings, args.output, args.upload, args.endpoint_url)
     manifest = result.manifest
     total = sum(entry["bytes"] for entry in manifest["files"])

@@ -1,6 +1,6 @@
 """``optimize build``: weights, compile cache and manifest, packed as a SageMaker model artifact.
 
-The build starts the pipeline exactly as the server does (``serve_app.pipeline.prepare``: the
+The build starts the pipeline exactly as the server does (``pipeline.startup.prepare``: the
 same loading, the same ``optimize`` function, the same warm-up of every configured shape), from
 the very folder it writes, so what it compiles is what a server compiles.
 """
@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from optimize.pack import pack_tarball, upload
-from serve_app import compile_cache
-from serve_app.config import ModelSettings
-from serve_app.pipeline import load_pipeline, prepare, resolve_device, resolve_dtype
+from serve_app.config import MANIFEST_NAME, ModelSettings
+from serve_app.pipeline import compile_cache, optimizing, toolchain
+from serve_app.pipeline.loading import load_pipeline, resolve_device, resolve_dtype
+from serve_app.pipeline.startup import prepare
 
 logger = logging.getLogger("optimize")
 
@@ -98,13 +99,17 @@ def compile_into(settings: ModelSettings, folder: Path) -> dict:
             "compiling for a CUDA target needs a CUDA machine: build there, or pass "
             "--no-compile to write fp16 weights only"
         )
+    # Compile every shape here, whatever the server's policy on a cache miss.
+    serving = settings.model_copy(update={"model": str(folder), "compile_cache_miss": "compile"})
     with fresh_inductor_cache():
-        prepared = prepare(settings.model_copy(update={"model": str(folder)}), logger)
+        prepared = prepare(serving, logger)
+        if prepared.compile_status.state != "compiled":
+            raise SystemExit(f"compiling failed: {prepared.compile_status.detail}")
         entry = compile_cache.save(folder)
     shapes = [
         {"batch_size": n, "height": size, "width": size}
         for size in settings.warmup_sizes
-        for n in sorted(set(settings.compile_batch_sizes))
+        for n in sorted(set(settings.batch_buckets))
     ]
     return {
         "enabled": True,
@@ -128,7 +133,7 @@ def build_manifest(
         "model": model,
         "pipeline": pipeline_class,
         "dtype": str(resolve_dtype(settings.dtype, target)).removeprefix("torch."),
-        "environment": compile_cache.environment(target),
+        "environment": toolchain.environment(target, optimizing.inductor_settings(settings)),
         "serve_settings": serving,
         "compile": compiled,
         "compile_cache": (compiled.get("cache") or {}),
@@ -166,7 +171,7 @@ def build(
 
         start = time.perf_counter()
         manifest = build_manifest(settings, settings.model, pipeline_class, folder, compiled)
-        (folder / compile_cache.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
         timings["manifest_s"] = time.perf_counter() - start
 
         start = time.perf_counter()

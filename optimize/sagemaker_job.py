@@ -11,7 +11,7 @@ into a tfvars file with ``--tfvars``).
     python -m optimize sagemaker-build --from-terraform infra --image-tag "$SHA" \\
         --tfvars infra/production.tfvars
     python -m optimize sagemaker-build --bucket B --role-arn R --repository-url U \\
-        --instance-type ml.g5.xlarge --image-tag "$SHA" -- --sizes 512 --batch-sizes 1,2,4,8
+        --instance-type ml.g5.xlarge --image-tag "$SHA" -- --warmup-sizes 512 --batch-buckets 1,2,4
 
 Weights come from the Hugging Face hub (the job then has internet access), or from a copy under
 ``s3://<bucket>/sources/`` (``--model s3://...``: the job runs with network isolation).
@@ -22,141 +22,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from optimize.job_request import (
+    JobError,
+    JobSettings,
+    artifact_key,
+    job_name,
+    job_request,
+    version_name,
+)
+from optimize.job_wait import wait_for_job
+from optimize.terraform_outputs import TerraformError, terraform_outputs
+from optimize.tfvars import update_tfvars
 from serve_app.config import MANIFEST_NAME
 
-# Processing containers read inputs and write outputs under /opt/ml/processing (SageMaker
-# developer guide: "How Amazon SageMaker Processing Runs Your Processing Container Image").
-OUTPUT_DIR = "/opt/ml/processing/output"
-SOURCE_DIR = "/opt/ml/processing/input/source"
-CACHE_DIR = "/opt/ml/processing/cache"
-TERMINAL = ("Completed", "Failed", "Stopped")
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # CreateProcessingJob's pattern
-TFVARS_LINE = re.compile(r"^model_artifact\s*=.*$", re.MULTILINE)
-
-
-class JobError(Exception):
-    """A failure worth one line; the command exits non-zero."""
-
-
-@dataclass
-class JobSettings:
-    bucket: str
-    role_arn: str
-    repository_url: str
-    instance_type: str
-    image_tag: str
-    model: str = "stabilityai/sd-turbo"
-    tarball: bool = False
-    build_args: list[str] = field(default_factory=list)
-    volume_gb: int = 100
-    max_runtime_s: int = 4 * 3600
-    kms_key_arn: str | None = None
-    name: str = "sdturbo"
-
-    @property
-    def image_uri(self) -> str:
-        return f"{self.repository_url}:{self.image_tag}"
-
-    @property
-    def source_in_s3(self) -> bool:
-        return self.model.startswith("s3://")
-
-
-def version_name(image_tag: str, now: datetime) -> str:
-    """models/<version>/: when, and which image built it (Terraform checks the tag against it)."""
-    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{image_tag[:12]}"
-
-
-def artifact_key(version: str, tarball: bool) -> str:
-    """The value of Terraform's model_artifact: a folder (ModelDataSource) or a tarball."""
-    return f"models/{version}/model.tar.gz" if tarball else f"models/{version}/model/"
-
-
-def job_name(settings: JobSettings, now: datetime) -> str:
-    name = f"{settings.name}-build-{now.astimezone(timezone.utc):%Y%m%d-%H%M%S}"
-    if not JOB_NAME.match(name):
-        raise JobError(f"invalid job name {name!r}: shorten --name")
-    return name
-
-
-def job_request(settings: JobSettings, name: str, version: str) -> dict:
-    """The CreateProcessingJob request: `python -m optimize build` in the serving image."""
-    output = f"{OUTPUT_DIR}/model.tar.gz" if settings.tarball else f"{OUTPUT_DIR}/model"
-    model = SOURCE_DIR if settings.source_in_s3 else settings.model
-    request: dict = {
-        "ProcessingJobName": name,
-        "RoleArn": settings.role_arn,
-        "AppSpecification": {
-            "ImageUri": settings.image_uri,
-            # The image's ENTRYPOINT is `sdturbo` (serve); the build is another module of it.
-            "ContainerEntrypoint": ["python", "-m", "optimize", "build"],
-            "ContainerArguments": [
-                *("--model", model, "--output", output, "--device", "cuda"),
-                *settings.build_args,
-            ],
-        },
-        "ProcessingResources": {
-            "ClusterConfig": {
-                "InstanceCount": 1,
-                "InstanceType": settings.instance_type,
-                # fp32 download + fp16 copy + compile caches; no VolumeKmsKeyId: GPU types
-                # with NVMe instance storage reject it (SageMaker encrypts that storage).
-                "VolumeSizeInGB": settings.volume_gb,
-            }
-        },
-        "ProcessingOutputConfig": {
-            "Outputs": [
-                {
-                    "OutputName": "artifact",
-                    "S3Output": {
-                        # SageMaker uploads OUTPUT_DIR's content here once the build succeeded:
-                        # models/<version>/model/... or models/<version>/model.tar.gz.
-                        "S3Uri": f"s3://{settings.bucket}/models/{version}/",
-                        "LocalPath": OUTPUT_DIR,
-                        "S3UploadMode": "EndOfJob",
-                    },
-                }
-            ],
-        },
-        "StoppingCondition": {"MaxRuntimeInSeconds": settings.max_runtime_s},
-        # Weights from S3 need no network at all; hub weights need the internet.
-        "NetworkConfig": {"EnableNetworkIsolation": settings.source_in_s3},
-        "Environment": {
-            # Downloads go to the job's volume, not the container's small root filesystem.
-            "HF_HOME": f"{CACHE_DIR}/huggingface",
-            # The image sets HF_HUB_OFFLINE=1 (an endpoint never downloads); a build from the
-            # hub must, and one from S3 has no network to try.
-            "HF_HUB_OFFLINE": "1" if settings.source_in_s3 else "0",
-        },
-        "Tags": [
-            {"Key": "sdturbo:image-tag", "Value": settings.image_tag},
-            {"Key": "sdturbo:artifact", "Value": artifact_key(version, settings.tarball)},
-        ],
-    }
-    if settings.kms_key_arn:
-        request["ProcessingOutputConfig"]["KmsKeyId"] = settings.kms_key_arn
-    if settings.source_in_s3:
-        request["ProcessingInputs"] = [
-            {
-                "InputName": "source",
-                "S3Input": {
-                    "S3Uri": settings.model,
-                    "LocalPath": SOURCE_DIR,
-                    "S3DataType": "S3Prefix",
-                    "S3InputMode": "File",
-                },
-            }
-        ]
-    return request
+__all__ = ["MANIFEST_NAME", "JobError", "JobSettings", "run_build", "sagemaker_build_command"]
 
 
 def ensure_new_prefix(s3, bucket: str, prefix: str) -> None:
@@ -164,39 +47,6 @@ def ensure_new_prefix(s3, bucket: str, prefix: str) -> None:
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
     if listed.get("KeyCount", 0):
         raise JobError(f"s3://{bucket}/{prefix} already exists; artifacts are immutable")
-
-
-def wait_for_job(
-    sm,
-    name: str,
-    poll_s: float = 30.0,
-    stream=None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> dict:
-    """Poll DescribeProcessingJob until it ends, with the status and elapsed time on stderr."""
-    from tqdm import tqdm
-
-    from serve_app.client import LogLines
-
-    stream = stream or sys.stderr
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    bar = tqdm(
-        desc=name,
-        bar_format="{desc}: {postfix} [{elapsed}]",
-        file=stream if tty else LogLines(stream),
-        mininterval=0 if tty else 60,  # a line a minute in CI logs
-        dynamic_ncols=tty,
-    )
-    try:
-        while True:
-            described = sm.describe_processing_job(ProcessingJobName=name)
-            status = described["ProcessingJobStatus"]
-            bar.set_postfix_str(status)
-            if status in TERMINAL:
-                return described
-            sleep(poll_s)
-    finally:
-        bar.close()
 
 
 def read_manifest(s3, bucket: str, key: str) -> dict | None:
@@ -214,36 +64,12 @@ def read_manifest(s3, bucket: str, key: str) -> dict | None:
     return manifest
 
 
-def update_tfvars(path: Path, key: str) -> None:
-    """Set model_artifact in a tfvars file (replacing the line, or appending one)."""
-    line = f'model_artifact = "{key}"'
-    text = path.read_text() if path.exists() else ""
-    if TFVARS_LINE.search(text):
-        text = TFVARS_LINE.sub(line, text, count=1)
-    else:
-        text += ("" if text.endswith("\n") or not text else "\n") + line + "\n"
-    path.write_text(text)
-
-
-def terraform_outputs(folder: Path) -> dict:
-    """`terraform output -json` of an applied stack, as plain values."""
-    try:
-        result = subprocess.run(
-            ["terraform", f"-chdir={folder}", "output", "-json"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        )
-    except (OSError, subprocess.CalledProcessError) as exc:
-        detail = getattr(exc, "stderr", "") or str(exc)
-        raise JobError(f"terraform output in {folder} failed: {' '.join(detail.split())}") from None
-    return {name: value["value"] for name, value in json.loads(result.stdout).items()}
-
-
 def settings_from(args: argparse.Namespace) -> JobSettings:
     """Command-line values, falling back to the outputs of an applied stack."""
-    outputs = terraform_outputs(args.from_terraform) if args.from_terraform else {}
+    try:
+        outputs = terraform_outputs(args.from_terraform) if args.from_terraform else {}
+    except TerraformError as exc:
+        raise JobError(str(exc)) from None
     mapping = {
         "bucket": "bucket",
         "role_arn": "build_role_arn",
@@ -386,7 +212,7 @@ def add_sagemaker_parser(commands) -> argparse.ArgumentParser:
     p.add_argument(
         "build_args",
         nargs=argparse.REMAINDER,
-        help="after --: arguments for `python -m optimize build` (e.g. --sizes 512)",
+        help="after --: arguments for `python -m optimize build` (e.g. --warmup-sizes 512)",
     )
     p.set_defaults(func=sagemaker_build_command)
     return p

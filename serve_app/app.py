@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ray.serve import Application
 
 from serve_app.config import AppArgs
-from serve_app.model import SDTurboModel
+from serve_app.deployment import SDTurboModel
 
 
 def visible_gpus(args: AppArgs) -> int:
@@ -22,7 +23,7 @@ def visible_gpus(args: AppArgs) -> int:
 def with_artifact_settings(args: AppArgs) -> AppArgs:
     """An artifact from `optimize build` names the settings its compile cache was made with;
     use them for every setting the caller left unset, when it was built for this device kind."""
-    from serve_app.compile_cache import read_manifest_quietly
+    from serve_app.pipeline.compile_cache import read_manifest_quietly
 
     manifest = read_manifest_quietly(args.model) if Path(args.model).is_dir() else None
     if not manifest:
@@ -58,14 +59,30 @@ def build_app(args: AppArgs | dict) -> Application:
     """The builder of ``serve run serve_app:app key=value ...`` and ``serve_config.yaml``:
     Serve calls it with exactly one argument, the arguments as a dict (strings from the command
     line), validated here as ``AppArgs``."""
-    return compose(AppArgs.model_validate(args))
+    app = compose(AppArgs.model_validate(args))
+    if launched_by_serve_run():
+        from serve_app.server import exit_when_the_model_fails, start_for_serve_run
+
+        start_for_serve_run()
+        exit_when_the_model_fails()
+    return app
 
 
-def compose(args: AppArgs, backend_factory=None) -> Application:
+def launched_by_serve_run(argv=None) -> bool:
+    """This process is ``serve run`` (which calls the builder in its own process; ``serve
+    deploy`` builds in Serve's controller, which must never exit)."""
+    argv = sys.argv if argv is None else argv
+    return len(argv) > 1 and Path(argv[0]).name == "serve" and argv[1] == "run"
+
+
+def compose(args: AppArgs, backend_factory=None, version: str | None = None) -> Application:
     """One deployment: each replica is the HTTP ingress and the batching model.
 
     ``backend_factory`` (tests and benchmarks) replaces the diffusers backend, e.g. to inject
-    faults.
+    faults. ``version`` names the code's version: deployed again under the same one with other
+    batch knobs, Serve calls ``reconfigure`` on the running replicas instead of replacing them
+    (``serve.run`` otherwise gives every call a random version, ray/serve/_private/client.py;
+    ``options(version=)`` is internal since Serve decides versions itself).
     """
     args = with_artifact_settings(args)
     gpus = visible_gpus(args)
@@ -74,5 +91,8 @@ def compose(args: AppArgs, backend_factory=None) -> Application:
         **replica_options(args, gpus),
         user_config=args.batch_config().model_dump(),
         ray_actor_options={"num_cpus": args.num_cpus, "num_gpus": num_gpus},
+        **({"version": version, "_internal": True} if version else {}),
     )
-    return model.bind(args.model_settings(), args.request_timeout_s, backend_factory)
+    return model.bind(
+        args.model_settings(), args.request_timeout_s, backend_factory, args.metrics_settings()
+    )

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 OutputFormat = Literal["png", "jpeg", "webp"]
 MEDIA_TYPES: dict[str, str] = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_PROMPT_CHARS = 2000
+# Image-to-image: an input image may hold at most this many pixels (checked from its header,
+# before it is decoded: no decompression bombs); it is resized to width x height.
+MAX_INPUT_PIXELS = 2048 * 2048
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP")
+DEFAULT_STRENGTH = 0.5
 # At least one character that is not whitespace.
 NOT_BLANK = r"\S"
 
@@ -31,13 +36,24 @@ Integer = Annotated[int, INTEGRAL]
 
 
 class GenerateRequest(BaseModel):
-    """One text-to-image request."""
+    """One text-to-image request, or image-to-image with ``image``."""
 
     model_config = ConfigDict(
         strict=True,
         extra="forbid",
         regex_engine="python-re",
-        json_schema_extra={"examples": [{"prompt": "a cat astronaut on the moon", "seed": 42}]},
+        json_schema_extra={
+            "examples": [{"prompt": "a cat astronaut on the moon", "seed": 42}],
+            # The rule `_image_to_image` enforces, published: a strength needs an input image.
+            "dependentSchemas": {
+                "strength": {
+                    "anyOf": [
+                        {"properties": {"strength": {"type": "null"}}},
+                        {"properties": {"image": {"type": "string"}}, "required": ["image"]},
+                    ]
+                }
+            },
+        },
     )
 
     prompt: str = Field(
@@ -72,10 +88,49 @@ class GenerateRequest(BaseModel):
     height: Integer = Field(512, ge=64, le=1024, multiple_of=8, description="Height in pixels.")
     num_images: Integer = Field(1, ge=1, le=4, description="Images for this prompt.")
     output_format: OutputFormat = Field("png", description="Encoding of the returned images.")
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=8 * 2**20,
+        description="Image-to-image: the input image, base64 PNG, JPEG or WebP, at most "
+        f"{MAX_INPUT_PIXELS} pixels ({int(MAX_INPUT_PIXELS**0.5)}x"
+        f"{int(MAX_INPUT_PIXELS**0.5)}); resized to width x height (set them to the image's "
+        "aspect ratio).",
+    )
+    strength: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Image-to-image: how much of the input to redraw (1: all of it); "
+        f"default {DEFAULT_STRENGTH} (1.0 at 1 step, where {DEFAULT_STRENGTH} would run none). "
+        "int(num_inference_steps * strength) steps run and must be at least 1 (SD-Turbo's "
+        "model card: 2 steps at 0.5).",
+    )
 
-    def shape_key(self) -> tuple:
-        """Requests with equal keys can share one pipeline call."""
-        return (self.width, self.height, self.num_inference_steps, self.guidance_scale)
+    @model_validator(mode="after")
+    def _image_to_image(self) -> GenerateRequest:
+        if self.image is None:
+            if self.strength is not None:
+                raise ValueError("strength applies only with an input image")
+            return self
+        strength = self.image_strength
+        if int(self.num_inference_steps * strength) < 1:
+            raise ValueError(
+                f"num_inference_steps * strength must be at least 1 (image-to-image runs "
+                f"int(steps * strength) steps): {self.num_inference_steps} x {strength:g} "
+                "runs none"
+            )
+        return self
+
+    @property
+    def image_strength(self) -> float | None:
+        """The strength an image-to-image request runs with; None for text-to-image."""
+        if self.image is None:
+            return None
+        if self.strength is not None:
+            return self.strength
+        return max(DEFAULT_STRENGTH, 1.0 / self.num_inference_steps)
 
 
 class Timings(BaseModel):
@@ -96,11 +151,6 @@ class GenerateResponse(BaseModel):
     seed: int = Field(description="Seed of the first image.")
     seeds: list[int] = Field(description="Seed of every image.")
     model: str
-    replicas: int | None = Field(
-        None,
-        description="Running model replicas as Serve's controller last reported them (read "
-        "every few seconds in the background; null until first read).",
-    )
     width: int
     height: int
     num_inference_steps: int
@@ -120,8 +170,34 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class CompileInfo(BaseModel):
+    state: Literal["off", "pending", "compiled", "fallback"] = Field(
+        description="fallback: compile was asked for, but this replica serves uncompiled "
+        "(the compile cache did not fit, or torch.compile failed here): see detail."
+    )
+    detail: str | None = None
+
+
+class PromptCacheInfo(BaseModel):
+    hits: int
+    misses: int
+    entries: int
+    capacity: int
+
+
 class PingResponse(BaseModel):
     status: Literal["healthy", "loading", "draining", "failed"] = Field(
         description="healthy: loaded and warm; loading: weights, compile or warm-up under way."
     )
     model: str
+    replicas: int | None = Field(
+        None,
+        description="Running model replicas as Serve's controller last reported them (read "
+        "every few seconds in the background; null until first read).",
+    )
+    reason: str | None = Field(None, description="Why the model failed to load.")
+    in_flight: int = Field(
+        0, ge=0, description="Requests this replica has accepted and not yet answered."
+    )
+    compile: CompileInfo | None = None
+    prompt_cache: PromptCacheInfo | None = None

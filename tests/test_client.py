@@ -26,7 +26,7 @@ import requests
 from PIL import Image
 
 from serve_app import cli, client
-from tests.conftest import free_port
+from tests.conftest import closed_port
 
 
 def invoke(capsys, *argv: str) -> tuple[int, str, str]:
@@ -94,6 +94,26 @@ def test_options_come_from_the_request_schema_and_are_checked_before_sending(cap
     assert "invalid request: width" in capsys.readouterr().err
 
 
+def test_image_is_read_from_a_path_and_sent_base64(tmp_path, capsys):
+    import base64
+
+    path = tmp_path / "sketch.png"
+    path.write_bytes(png_bytes((64, 64)))
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["invoke", "a cat", "--image", str(path), "--strength", "0.5", "--steps", "2"]
+    )
+    body = client.build_request(args)
+    assert base64.b64decode(body["image"]) == path.read_bytes()
+    assert (body["strength"], body["num_inference_steps"]) == (0.5, 2)
+    assert cli.main(["invoke", "x", "--image", str(tmp_path / "missing.png")]) == 2
+    assert "--image" in capsys.readouterr().err
+    # The request rule is checked before anything is sent: 2 steps x 0.25 runs none.
+    args = parser.parse_args(["invoke", "x", "--image", str(path), "--strength", "0.25"])
+    with pytest.raises(client.InvokeError, match="at least 1"):
+        client.build_request(args)
+
+
 def test_output_paths_number_extra_images(tmp_path):
     paths = client.output_paths(str(tmp_path / "cat.png"), 3, "png")
     assert [p.name for p in paths] == ["cat.png", "cat-1.png", "cat-2.png"]
@@ -101,8 +121,9 @@ def test_output_paths_number_extra_images(tmp_path):
 
 
 def test_unreachable_server_is_one_line(capsys, tmp_path):
-    url = f"http://127.0.0.1:{free_port()}"
-    code, out, err = invoke(capsys, "a cat", "--url", url, "-o", str(tmp_path / "x.png"))
+    with closed_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        code, out, err = invoke(capsys, "a cat", "--url", url, "-o", str(tmp_path / "x.png"))
     assert code == 1 and out == ""
     assert err.strip().count("\n") == 0
     assert err.startswith("sdturbo invoke: error: cannot connect to")
@@ -196,30 +217,15 @@ class TestLocalServer:
 
 @pytest.fixture(scope="module")
 def moto_url():
-    executable = shutil.which("moto_server")
-    if executable is None:
-        pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen(
-        [executable, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """moto's server in a thread of this process, on a port the kernel picks."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                requests.get(url + "/moto-api/", timeout=1)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        else:
-            pytest.fail("moto_server did not start")
-        yield url
+        yield "http://{}:{}".format(*server.get_host_and_port())
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        server.stop()
 
 
 @pytest.fixture
@@ -391,15 +397,32 @@ class TestMoto:
         assert code == 1
         assert err.strip().count("\n") == 0 and "NoSuchBucket" in err
 
+    def test_submit_async_uploads_where_the_trigger_does_not_look(self, aws):
+        _, runtime, s3 = aws
+        s3.create_bucket(Bucket="sd-async-direct")
+        sent = client.submit_async(runtime, s3, "sdturbo-async", "sd-async-direct", {"prompt": "x"})
+        (key,) = [o["Key"] for o in s3.list_objects_v2(Bucket="sd-async-direct")["Contents"]]
+        assert key.startswith("inputs/direct/") and key.endswith(".json")
+        assert json.loads(s3.get_object(Bucket="sd-async-direct", Key=key)["Body"].read()) == {
+            "prompt": "x"
+        }
+        # moto answers an InputLocation it has seen with the same result: the one sent was key's.
+        again = runtime.invoke_endpoint_async(
+            EndpointName="sdturbo-async", InputLocation=f"s3://sd-async-direct/{key}"
+        )
+        assert again["OutputLocation"] == sent["OutputLocation"]
 
-# --- the async path without moto: S3 answers, timeouts, progress ------------------------------
+
+# --- S3 answers moto cannot give --------------------------------------------------------------
 
 
 class FakeS3:
-    """get_object answers from a script of error codes, then the body; put_object records."""
+    """get_object answers from a script of error codes, then the body. A fake, not moto: moto
+    answers a missing key with 404 whatever the caller's permissions (S3 says 403 without
+    s3:ListBucket) and cannot be made to fail a GetObject with a 500."""
 
     def __init__(self, answers: list[str | bytes]):
-        self.answers, self.asked, self.put = list(answers), [], []
+        self.answers, self.asked = list(answers), []
 
     def get_object(self, Bucket, Key):
         from botocore.exceptions import ClientError
@@ -414,9 +437,6 @@ class FakeS3:
              "ResponseMetadata": {"HTTPStatusCode": status}},
             "GetObject",
         )  # fmt: skip
-
-    def put_object(self, **kwargs):
-        self.put.append(kwargs)
 
 
 def test_a_403_while_polling_means_not_yet_without_list_bucket():
@@ -451,26 +471,13 @@ def test_async_waits_an_hour_by_default_sync_two_minutes(monkeypatch):
         seen[args.use_async] = args.timeout
         raise client.InvokeError("stop here")
 
-    monkeypatch.setattr(client, "_invoke", fake_invoke)
+    monkeypatch.setattr(client.command, "_invoke", fake_invoke)
     for extra in (["--async", "--bucket", "b"], []):
         cli.main(["invoke", "a cat", "--endpoint", "e", *extra])
     assert seen == {True: 3600.0, False: 120.0}
     assert cli.main(["invoke", "a cat", "--endpoint", "e", "--async", "--bucket", "b",
                      "--timeout", "60"]) == 1  # fmt: skip
     assert seen[True] == 60.0
-
-
-def test_submit_async_uploads_where_the_trigger_does_not_look():
-    class Runtime:
-        def invoke_endpoint_async(self, **kwargs):
-            self.kwargs = kwargs
-            return {"OutputLocation": "s3://b/outputs/x.out"}
-
-    s3, runtime = FakeS3([]), Runtime()
-    client.submit_async(runtime, s3, "sdturbo-async", "b", {"prompt": "x"})
-    (put,) = s3.put
-    assert put["Key"].startswith("inputs/direct/") and put["Key"].endswith(".json")
-    assert runtime.kwargs["InputLocation"] == f"s3://b/{put['Key']}"
 
 
 def test_progress_on_a_log_is_a_line_at_a_time_and_ends_with_the_total():

@@ -4,15 +4,19 @@ model), so every status, header and body is checked in milliseconds."""
 from __future__ import annotations
 
 import io
+import json
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from serve_app import engine as engine_errors
-from serve_app.ingress import ApiError, negotiate, parse_body, status_of
+from serve_app.api.errors import fault_response
+from serve_app.api.parsing import ApiError, negotiate, parse_body
+from serve_app.engine import errors as engine_errors
 from serve_app.schemas import ErrorResponse, GenerateRequest, GenerateResponse
 from tests.conftest import fake_engine, wait_for
 
@@ -181,14 +185,16 @@ def test_non_utf8_text_plain_gets_400(http):
         (engine_errors.ShuttingDown("bye"), 503, "shutting_down", True),
         (engine_errors.ModelUnavailable("broken"), 503, "model_unavailable", True),
         (engine_errors.TimedOut("slow"), 504, "timeout", False),
-        (engine_errors.GenerationFailed("out_of_memory", "oom"), 503, "out_of_memory", True),
-        (engine_errors.GenerationFailed("internal_error", "bug"), 500, "internal_error", False),
+        (engine_errors.OutOfMemory("oom"), 503, "out_of_memory", True),
+        (engine_errors.GenerationFailed("bug"), 500, "internal_error", False),
     ],
 )
 def test_each_engine_error_has_its_status(error, status, type_, retry):
-    got_status, got_type, headers = status_of(error)
-    assert (got_status, got_type) == (status, type_)
-    assert (headers == {"Retry-After": "1"}) is retry
+    response = fault_response(error)
+    body = json.loads(response.body)
+    assert (response.status_code, body["error"]["type"]) == (status, type_)
+    assert body["error"]["message"] == str(error)
+    assert (response.headers.get("retry-after") == "1") is retry
 
 
 def test_overload_is_a_503_with_retry_after_and_the_server_goes_on(http):
@@ -220,7 +226,7 @@ def test_a_pipeline_failure_is_a_500_without_a_traceback(http):
 def test_ping_is_503_while_loading_and_200_once_warm():
     from fastapi.testclient import TestClient
 
-    from serve_app.ingress import create_api
+    from serve_app.api import create_api
 
     api = create_api()
     api.state.engine = engine = fake_engine(load_s=0.5)
@@ -231,6 +237,8 @@ def test_ping_is_503_while_loading_and_200_once_warm():
             "status": "loading",
             "model": "fake",
             "replicas": None,  # no deployment around this engine to count them
+            "in_flight": 0,
+            "compile": {"state": "off"},  # the backend's own report
         }
         wait_for(lambda: client.get("/ping").status_code == 200, timeout_s=5)
         engine.draining = True
@@ -263,6 +271,36 @@ def test_openapi_publishes_the_request_schema_and_every_error(http):
 
 
 def test_the_routes_import_no_torch():
-    code = "import sys, serve_app.ingress, serve_app.engine; print('torch' in sys.modules)"
+    code = "import sys, serve_app.api, serve_app.engine; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"]
+
+
+SCHEMATHESIS = [sys.executable, "-m", "schemathesis.cli", "run", "--checks", "all",
+                "--max-examples", "40", "--generation-deterministic", "--no-color"]  # fmt: skip
+
+
+def schemathesis(url: str, phases: str, timeout_s: float = 900) -> str:
+    """schemathesis against ``url``'s published schema: its report, which must find nothing."""
+    hooks = str(Path(__file__).with_name("schemathesis_hooks.py"))
+    result = subprocess.run(
+        [*SCHEMATHESIS, f"{url}/openapi.json", "--phases", phases, "--request-timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": hooks},
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout
+    return result.stdout
+
+
+@pytest.mark.integration
+def test_the_published_schema_holds_under_schemathesis_generated_phases():
+    """The routes and a real Engine on the fake backend under uvicorn, in this process (port
+    0): schemathesis's generated phases, thousands of requests in seconds. The examples phase
+    runs against the real server (tests/test_reliability.py)."""
+    from serve_app.server import uvicorn_session
+
+    with uvicorn_session(fake_engine()) as url:
+        print(schemathesis(url, "coverage,fuzzing,stateful", timeout_s=600)[-600:])

@@ -12,23 +12,29 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.conftest import built_once
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = {"torch", "ray", "diffusers", "transformers", "accelerate", "fastapi", "uvicorn"}
 
 
-@pytest.fixture(scope="module")
-def client_venv(tmp_path_factory) -> Path:
-    venv = tmp_path_factory.mktemp("client") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = subprocess.run(
-        [venv / "bin" / "pip", "install", "-q", f"{ROOT}[loadtest]"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
-    return venv
+@pytest.fixture(scope="session")
+def client_venv(tmp_path_factory, worker_id) -> Path:
+    """A fresh venv with the client install; built once per run (the test against the server
+    runs on the Ray worker, the others wherever xdist puts them)."""
+
+    def build(venv: Path) -> None:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        install = subprocess.run(
+            [venv / "bin" / "pip", "install", "-q", f"{ROOT}[loadtest]"],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert install.returncode == 0, install.stderr[-3000:]
+
+    return built_once(tmp_path_factory, worker_id, "client-venv", build)
 
 
 def test_the_client_install_holds_nothing_of_the_server(client_venv):

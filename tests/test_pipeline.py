@@ -8,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app import pipeline
-from serve_app.batching import ImageBatch
 from serve_app.config import ModelSettings
-from serve_app.engine import InvalidRequest
+from serve_app.engine.batch import ImageBatch
+from serve_app.engine.errors import InvalidRequest
+from serve_app.pipeline import encoding, loading, optimizing
+from serve_app.pipeline.backend import DiffusersBackend
+from serve_app.pipeline.generate import Generator, StaticShapes
 from serve_app.schemas import GenerateRequest
 
 
@@ -36,54 +38,66 @@ def test_tiny_model_is_a_diffusers_folder_of_sd_turbo_shape(tiny_model_dir, tiny
     assert tiny_pipe.scheduler.config.timestep_spacing == "trailing"
 
 
-def test_generate_returns_uint8_images_of_the_requested_size(tiny_pipe):
-    images = pipeline.generate(tiny_pipe, ImageBatch(["a"], [""], [1], 96, 64, 2, 0.0))
+def test_generate_returns_uint8_images_on_the_host(tiny_pipe):
+    images = Generator(tiny_pipe)(ImageBatch(["a"], [""], [1], 96, 64, 2, 0.0)).images
     assert images.shape == (1, 64, 96, 3)
     assert images.dtype == torch.uint8 and images.device.type == "cpu"
     assert images.float().std() > 1  # noise, not a blank image
 
 
-def test_uint8_on_the_device_matches_numpy_postprocessing(tiny_pipe):
-    # What diffusers' output_type="np" then numpy gave before: the same pixels.
-    request = ImageBatch(["a fox"], [""], [4], 64, 64, 1, 0.0)
-    generators = [torch.Generator("cpu").manual_seed(4)]
-    floats = tiny_pipe(
-        prompt=["a fox"],
-        num_inference_steps=1,
-        guidance_scale=0.0,
-        width=64,
-        height=64,
-        generator=generators,
-        output_type="np",
-    ).images
-    expected = (floats * 255).round().clip(0, 255).astype(np.uint8)
-    assert np.array_equal(pipeline.generate(tiny_pipe, request).numpy(), expected)
-
-
 def test_same_seed_same_pixels_alone_or_in_a_batch(tiny_pipe):
-    alone = pipeline.generate(tiny_pipe, batch([7]))[0]
-    batched = pipeline.generate(tiny_pipe, batch([3, 7, 11], ["x", "a red fox", "y"]))
+    generate = Generator(tiny_pipe)
+    alone = generate(batch([7])).images[0]
+    batched = generate(batch([3, 7, 11], ["x", "a red fox", "y"])).images
     assert_same_pixels(alone, batched[1])
     assert (batched[0].int() - batched[1].int()).abs().float().mean() > 5  # seeds matter
 
 
 def test_long_prompts_are_flagged_as_truncated(tiny_pipe):
-    assert pipeline.truncated_prompts(tiny_pipe, ["short", "word " * 100]) == [False, True]
+    generated = Generator(tiny_pipe)(batch([1, 2], ["short", "word " * 100]))
+    assert generated.truncated == [False, True]
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_encode_decodes_back_to_the_image_size(fmt):
     image = np.random.default_rng(0).integers(0, 255, (48, 80, 3), dtype=np.uint8)
-    decoded = Image.open(io.BytesIO(pipeline.encode(image, fmt)))
+    decoded = Image.open(io.BytesIO(encoding.encode(image, fmt)))
     assert decoded.format == fmt.upper()
     assert decoded.size == (80, 48)
     if fmt == "png":  # lossless
         assert np.array_equal(np.asarray(decoded), image)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (64, 64), (77, 129), (512, 512), (768, 512)])
+def test_fast_png_is_lossless_and_readable_by_pillow(shape):
+    assert encoding.FAST_PNG is not None, "the serve extra installs fpng"
+    rng = np.random.default_rng(sum(shape))
+    # Noise (incompressible), flat colour and a gradient: each of fpng's code paths.
+    images = [
+        rng.integers(0, 256, (*shape, 3), dtype=np.uint8),
+        np.full((*shape, 3), (12, 200, 99), dtype=np.uint8),
+        np.broadcast_to(np.arange(shape[1], dtype=np.uint8)[None, :, None], (*shape, 3)),
+    ]
+    for image in images:
+        decoded = Image.open(io.BytesIO(encoding.encode(image, "png")))
+        assert decoded.format == "PNG" and decoded.mode == "RGB"
+        assert np.array_equal(np.asarray(decoded), image)
+
+
+def test_png_falls_back_to_pillow_when_fpng_fails(monkeypatch, caplog):
+    def broken(_):
+        raise RuntimeError("fpng broke")
+
+    monkeypatch.setattr(encoding, "FAST_PNG", broken)
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    decoded = Image.open(io.BytesIO(encoding.encode(image, "png")))
+    assert np.array_equal(np.asarray(decoded), image)
+    assert "encoding with Pillow" in caplog.text
+
+
 def test_a_folder_without_a_pipeline_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"model_index\.json"):
-        pipeline.resolve_model_path(str(tmp_path))
+        loading.resolve_model_path(str(tmp_path))
 
 
 def test_serve_config_yaml_builds_the_same_application():
@@ -107,8 +121,7 @@ def test_serve_config_yaml_builds_the_same_application():
 
 def test_an_artifact_supplies_its_serve_settings_unless_the_caller_set_them(tmp_path):
     from serve_app.app import with_artifact_settings as _with_artifact_settings
-    from serve_app.compile_cache import MANIFEST_NAME
-    from serve_app.config import AppArgs
+    from serve_app.config import MANIFEST_NAME, AppArgs
 
     def manifest(device_kind: str) -> None:
         (tmp_path / MANIFEST_NAME).write_text(
@@ -132,25 +145,25 @@ def test_an_artifact_supplies_its_serve_settings_unless_the_caller_set_them(tmp_
 def test_a_tiny_decoder_replaces_sds_vae(tiny_model_dir):
     from diffusers import AutoencoderTiny
 
-    pipe = pipeline.load_pipeline(
+    pipe = loading.load_pipeline(
         str(tiny_model_dir), torch.device("cpu"), torch.float32, vae="taesd-random"
     )
     assert isinstance(pipe.vae, AutoencoderTiny)
-    pipe = pipeline.optimize(pipe, ModelSettings(model="tiny", device="cpu", fuse_qkv=True))
-    images = pipeline.generate(pipe, ImageBatch(["a"], [""], [1], 96, 64, 1, 0.0))
+    pipe = optimizing.optimize(pipe, ModelSettings(model="tiny", device="cpu", fuse_qkv=True))
+    images = Generator(pipe)(ImageBatch(["a"], [""], [1], 96, 64, 1, 0.0)).images
     assert images.shape == (1, 64, 96, 3) and images.float().std() > 1
 
 
-def test_compiled_shapes_and_the_reject_policy():
-    compiled = pipeline.Compiled(batch_sizes=(1, 4), sizes=(512,))
-    assert compiled.covers(512, 512, 0.0)
-    assert not compiled.covers(512, 512, 2.0)  # guidance doubles the UNet batch
-    assert not compiled.covers(256, 256, 0.0) and not compiled.covers(512, 256, 0.0)
-    backend = pipeline.DiffusersBackend.__new__(pipeline.DiffusersBackend)
-    backend.prepared = None
-    backend.settings = ModelSettings(
-        model="tiny", device="cpu", compile=True, warmup_sizes=[512], uncompiled="reject"
+def test_static_shapes_and_the_reject_policy(tiny_model_dir):
+    shapes = StaticShapes(batch_sizes=(1, 4), sizes=(512,))
+    assert shapes.covers(512, 512, 0.0)
+    assert not shapes.covers(512, 512, 2.0)  # guidance doubles the UNet batch
+    assert not shapes.covers(256, 256, 0.0) and not shapes.covers(512, 256, 0.0)
+    backend = DiffusersBackend(
+        ModelSettings(model=str(tiny_model_dir), device="cpu", uncompiled="reject")
     )
+    backend.check(GenerateRequest(prompt="x", width=256, height=256))  # not loaded: no shapes
+    backend.prepared = type("Loaded", (), {"generator": type("G", (), {"shapes": shapes})})
     backend.check(GenerateRequest(prompt="x", width=512, height=512))
     with pytest.raises(InvalidRequest, match="512x512 with guidance_scale <= 1"):
         backend.check(GenerateRequest(prompt="x", width=256, height=256))

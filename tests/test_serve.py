@@ -9,7 +9,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import TEST_APP_ARGS, deploy_app, wait_for
+from tests.conftest import TEST_APP_ARGS, deploy_app, listeners, wait_for
 from tests.test_pipeline import assert_same_pixels
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,7 +32,8 @@ def test_ping_was_503_while_loading_then_200(server):
     body = wait_for(
         lambda: (b := requests.get(server.url + "/ping", timeout=5).json())["replicas"] and b
     )
-    assert body == {"status": "healthy", "model": "tiny", "replicas": 1}
+    expected = {"status": "healthy", "model": "tiny", "replicas": 1, "in_flight": 0}
+    assert {key: body[key] for key in expected} == expected
 
 
 def test_predict_returns_a_png_of_the_requested_size(server):
@@ -105,28 +106,55 @@ def test_bad_requests_get_json_4xx_and_the_server_keeps_serving(server):
     assert server.predict(width=64, height=64).status_code == 200
 
 
-def test_batch_knobs_are_user_config(server):
+def test_batch_knobs_are_user_config_applied_live_by_reconfigure(server):
+    """A changed user_config under the same code version: Serve calls reconfigure() on the
+    running replica (same process, model not reloaded), and the new batch size holds."""
     from ray import serve
 
-    from serve_app.config import AppArgs
-    from serve_app.server import deploy
-
     args = {**TEST_APP_ARGS, "max_batch_size": 8}
-    tuned = deploy_app(server, "tuned", **args)
-    # serve.run starts new replicas (a new code version); `serve deploy` of a changed
-    # user_config calls reconfigure() on the running ones (Ray's docs). Either way it applies:
-    deploy(
-        AppArgs(**{**args, "max_batch_size": 1, "num_cpus": 0.25}),
-        name="tuned",
-        route_prefix="/tuned",
-    )
+    tuned = deploy_app(server, "tuned", version="v1", **args)
     model = serve.get_deployment_handle("SDTurboModel", app_name="tuned")
+    before = model.info.remote().result()
+    assert before["max_batch_size"] == 8
+    deploy_app(server, "tuned", version="v1", **{**args, "max_batch_size": 1})
+    after = model.info.remote().result()
+    assert (after["pid"], after["max_batch_size"]) == (before["pid"], 1)
+    assert after["startup_timings"] == before["startup_timings"]  # not loaded again
     payloads = [{"prompt": "p", "width": 64, "height": 64, "seed": s} for s in range(6)]
     sizes = [r.json()["timings"]["batch_size"] for r in concurrently(tuned, payloads)]
-    assert sizes == [1] * 6 and model.info.remote().result()["max_batch_size"] == 1
+    assert sizes == [1] * 6
     too_many = tuned.predict(width=64, height=64, num_images=2)
     assert too_many.status_code == 422 and "max_batch_size" in too_many.json()["error"]["message"]
     serve.delete("tuned")
+
+
+def test_every_listener_is_where_it_belongs(server):
+    """The server asked for 127.0.0.1: its API, the replica's own port and Serve's fallback
+    proxy are on loopback; what is not names a reason in the README ("Listeners")."""
+    import os
+    from urllib.parse import urlparse
+
+    from serve_app.ports import side_ports
+
+    port = urlparse(server.url).port
+    side = side_ports(port)
+    sockets = listeners(os.getpid())
+    haproxy = {(ip, p) for ip, p, name in sockets if name == "haproxy"}
+    # Ray's HAProxy template binds its stats page and metrics on every interface (`bind *:`).
+    stats, metrics = side["RAY_SERVE_HAPROXY_STATS_PORT"], side["RAY_SERVE_HAPROXY_METRICS_PORT"]
+    assert haproxy == {("127.0.0.1", port), ("0.0.0.0", stats), ("0.0.0.0", metrics)}
+    fallback = [ip for ip, p, _ in sockets if p == side["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"]]
+    assert fallback == ["127.0.0.1"], sockets
+    replicas = [(ip, p) for ip, p, name in sockets if name.startswith("ray::ServeReplica")]
+    direct = [ip for ip, p in replicas if 30000 <= p < 31000]  # Serve's direct-ingress range
+    assert direct and set(direct) == {"127.0.0.1"}, sockets
+    # The rest is Ray's own: gRPC between its processes, which Ray binds to the node's address
+    # whatever it is given (ray/_private/services.py resolve_ip_for_localhost).
+    ray_core = ("gcs_server", "raylet", "ray::", "python")
+    ours = {port, *side.values(), *(p for _, p in replicas if 30000 <= p < 31000)}
+    others = [(ip, p, name) for ip, p, name in sockets if p not in ours]
+    assert all(name.startswith(ray_core) for _, _, name in others), others
+    assert all(p >= 32768 or p == 52365 for _, p, _ in others), others  # kernel-picked, agent
 
 
 def test_openapi_is_served_by_the_real_app(server):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -30,13 +29,19 @@ import requests
 import yaml
 from botocore.config import Config
 
+from serve_app.ports import reserved_port
+
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 WORKFLOW = REPO / ".github" / "workflows" / "deploy-infrastructure.yml"
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA2 = "89abcdef0123456789abcdef0123456789abcdef"
+SHA3 = "fedcba9876543210fedcba9876543210fedcba98"
 ARTIFACT = f"models/20250101T000000Z-{SHA[:12]}/model/"
 ARTIFACT2 = f"models/20250202T000000Z-{SHA2[:12]}/model/"
+ARTIFACT3 = f"models/20250115T000000Z-{SHA3[:12]}/model/"
+# The release whose sync update rolls back (its queue-wait alarm fires during the bake).
+FAILING_ALARM = "sdturbo-sync-queue-wait"
 MIRROR_CANDIDATES = ("/opt/tf-plugins", "/usr/share/terraform/plugins", "~/.terraform.d/plugins")
 EMULATED_SERVICES = (
     "applicationautoscaling",
@@ -101,12 +106,6 @@ def provider_mirror() -> Path | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def copy_stack(target: Path) -> Path:
     """A copy of infra/ (lock file included) so terraform never writes into the repository."""
     shutil.copytree(INFRA, target, ignore=shutil.ignore_patterns(".terraform", "*.tfstate*"))
@@ -140,12 +139,19 @@ def tf_env(tmp_path_factory) -> dict[str, str]:
 # --- moto ------------------------------------------------------------------------------------
 
 
+# Ports for moto servers: none of Ray's or the test servers' (serve_app.ports.LOCAL_PORTS).
+MOTO_PORTS = range(9600, 9700)
+
+
 class Moto:
     """A moto server on a free loopback port, with the gaps of moto_server_shim.py filled."""
 
     def __init__(self, folder: Path, extra_env: dict[str, str] | None = None):
         self.folder = folder
-        self.port = free_port()
+        # A port by design, not by probing (serve_app/ports.py): moto's interpreter must know
+        # its own port before it starts, so port 0 will not do; held until stop().
+        self._port = reserved_port(MOTO_PORTS)
+        self.port = self._port.__enter__()
         self.url = f"http://127.0.0.1:{self.port}"
         # Step Functions' AWS SDK integrations name services as the Java SDK does
         # ("sagemakerruntime"); moto's interpreter asks boto3 for that name, which boto3 calls
@@ -191,6 +197,10 @@ class Moto:
         )
 
     def stop(self) -> None:
+        self._stop_process()
+        self._port.__exit__(None, None, None)
+
+    def _stop_process(self) -> None:
         self.process.terminate()
         try:
             self.process.wait(timeout=10)
@@ -271,6 +281,9 @@ class Deployment:
     plans: dict[str, dict] = field(default_factory=dict)
     outputs: dict[str, dict] = field(default_factory=dict)
     endpoint_configs: dict[str, dict] = field(default_factory=dict)
+    live: dict[str, dict] = field(default_factory=dict)
+    verified: dict[str, subprocess.CompletedProcess] = field(default_factory=dict)
+    counts_after: dict[str, dict] = field(default_factory=dict)
 
     def terraform(self, *args: str, timeout: float = 300) -> str:
         return ok(run([tool("terraform"), *args, "-no-color"], self.stack, self.env, timeout))
@@ -294,14 +307,20 @@ class Deployment:
         """A plan of the applied stack with the committed tfvars plus ``args``; nothing applied."""
         self._extra_plans = getattr(self, "_extra_plans", 0) + 1
         out = f"extra-{self._extra_plans}.plan"
-        self.terraform("plan", "-var-file=production.tfvars", f"-out={out}", *args)
+        self.terraform(
+            "plan",
+            "-var-file=production.tfvars",
+            "-var-file=live.tfvars.json",
+            f"-out={out}",
+            *args,
+        )
         return self.plan_json(out)
 
     def refused_plan(self, *args: str) -> str:
         """The error output of a plan that must fail (validation runs before any API call)."""
         result = run(
             [tool("terraform"), "plan", "-no-color", "-refresh=false",
-             "-var-file=production.tfvars", *args],
+             "-var-file=production.tfvars", "-var-file=live.tfvars.json", *args],
             self.stack, self.env,
         )  # fmt: skip
         assert result.returncode != 0, result.stdout[-2000:]
@@ -319,40 +338,96 @@ def snapshot_endpoint_configs(deployment: Deployment, outputs: dict) -> dict:
     return configs
 
 
+def scale(deployment: Deployment, counts: dict[str, int]) -> None:
+    """What autoscaling does between releases: set each endpoint's desired instance count."""
+    sm = deployment.client("sagemaker")
+    for kind, count in counts.items():
+        sm.update_endpoint_weights_and_capacities(
+            EndpointName=f"sdturbo-{kind}",
+            DesiredWeightsAndCapacities=[
+                {"VariantName": "AllTraffic", "DesiredInstanceCount": count}
+            ],
+        )
+
+
+def desired_counts(deployment: Deployment) -> dict[str, int]:
+    sm = deployment.client("sagemaker")
+    return {
+        kind: sm.describe_endpoint(EndpointName=f"sdturbo-{kind}")["ProductionVariants"][0][
+            "DesiredInstanceCount"
+        ]
+        for kind in ("sync", "async")
+    }
+
+
+def set_alarm(deployment: Deployment, name: str, state: str) -> None:
+    deployment.client("cloudwatch").set_alarm_state(
+        AlarmName=name, StateValue=state, StateReason="test"
+    )
+
+
+def release(deployment: Deployment, name: str, image: str, artifact: str) -> None:
+    """One run of deploy-infrastructure.yml, its commands verbatim: read the live release, plan,
+    apply, verify (whose failure is recorded, not raised: a rollback must fail it)."""
+    stack = deployment.stack
+    set_tfvars(stack / "production.tfvars", {"model_artifact": f'"{artifact}"'})
+    env = {**deployment.env, "IMAGE_TAG": image, "PYTHONPATH": str(REPO),
+           "AWS_ENDPOINT_URL": deployment.moto.url}  # fmt: skip
+    ok(run(workflow_command("plan", "Read what the endpoints serve now"), stack, env))
+    deployment.live[name] = json.loads((stack / "live.tfvars.json").read_text())
+    ok(run(workflow_command("plan", "terraform plan"), stack, env))
+    deployment.plans[name] = deployment.plan_json("tfplan")
+    ok(run(workflow_command("apply", "terraform apply"), stack, env, 420))
+    deployment.verified[name] = run(workflow_command("apply", "Verify the release"), stack, env)
+    deployment.outputs[name] = deployment.output_values()
+    deployment.endpoint_configs[name] = snapshot_endpoint_configs(
+        deployment, deployment.outputs[name]
+    )
+    deployment.counts_after[name] = desired_counts(deployment)
+
+
 @pytest.fixture(scope="session")
-def deployment(tf_env, tmp_path_factory) -> Iterator[Deployment]:
-    """infra/README.md's path against moto: bootstrap, CI plan + apply, a second deploy."""
-    folder = tmp_path_factory.mktemp("deployment")
-    moto = Moto(folder)
+def moto(tmp_path_factory) -> Iterator[Moto]:
+    """The one moto server of tests/infra (with moto_server_shim.py's gaps filled)."""
+    server = Moto(tmp_path_factory.mktemp("moto"))
     try:
-        # Executions of the trigger's state machine run in moto's ASL interpreter.
-        requests.post(
-            moto.url + "/moto-api/config",
-            json={"stepfunctions": {"execute_state_machine": True}},
-            timeout=10,
-        ).raise_for_status()
-        stack = copy_stack(folder / "infra")
-        (stack / "zz_emulator_override.tf").write_text(emulator_override(moto.url))
-        set_tfvars(stack / "production.tfvars", TEST_SETTINGS)
-        d = Deployment(moto, stack, tf_env)
-        d.terraform("init", "-input=false", "-lockfile=readonly")
-
-        # 2. Bootstrap, as the README says: the committed tfvars, nothing else.
-        d.terraform("plan", "-var-file=production.tfvars", "-out=bootstrap.plan")
-        d.plans["bootstrap"] = d.plan_json("bootstrap.plan")
-        d.terraform("apply", "bootstrap.plan", timeout=420)
-        d.outputs["bootstrap"] = d.output_values()
-
-        # 6. The artifact build wrote its version into the tfvars (the job itself is tested in
-        # test_sagemaker_job.py); 7. the deploy workflow's plan and apply commands, verbatim.
-        for name, image, artifact in (("deploy", SHA, ARTIFACT), ("second", SHA2, ARTIFACT2)):
-            set_tfvars(stack / "production.tfvars", {"model_artifact": f'"{artifact}"'})
-            ci_env = {**tf_env, "IMAGE_TAG": image}
-            ok(run(workflow_command("plan", "terraform plan"), stack, ci_env))
-            d.plans[name] = d.plan_json("tfplan")
-            ok(run(workflow_command("apply", "terraform apply"), stack, ci_env, 420))
-            d.outputs[name] = d.output_values()
-            d.endpoint_configs[name] = snapshot_endpoint_configs(d, d.outputs[name])
-        yield d
+        yield server
     finally:
-        moto.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def deployment(tf_env, tmp_path_factory, moto) -> Iterator[Deployment]:
+    """infra/README.md's path against moto: bootstrap, then three releases through the deploy
+    workflow's own commands: a first one; one whose sync update rolls back (its queue-wait alarm
+    fires during the bake) after autoscaling left sync at 3 instances and async at 0; and the
+    next, which succeeds."""
+    folder = tmp_path_factory.mktemp("deployment")
+    # Executions of the trigger's state machine run in moto's ASL interpreter.
+    requests.post(
+        moto.url + "/moto-api/config",
+        json={"stepfunctions": {"execute_state_machine": True}},
+        timeout=10,
+    ).raise_for_status()
+    stack = copy_stack(folder / "infra")
+    (stack / "zz_emulator_override.tf").write_text(emulator_override(moto.url))
+    set_tfvars(stack / "production.tfvars", TEST_SETTINGS)
+    d = Deployment(moto, stack, tf_env)
+    d.terraform("init", "-input=false", "-lockfile=readonly")
+
+    # 2. Bootstrap, as the README says: the committed tfvars, nothing else.
+    d.terraform("plan", "-var-file=production.tfvars", "-out=bootstrap.plan")
+    d.plans["bootstrap"] = d.plan_json("bootstrap.plan")
+    d.terraform("apply", "bootstrap.plan", timeout=420)
+    d.outputs["bootstrap"] = d.output_values()
+
+    # 6. The artifact build wrote its version into the tfvars (the job itself is tested in
+    # test_sagemaker_job.py); 7. the deploy workflow, release after release.
+    release(d, "deploy", SHA, ARTIFACT)
+    scale(d, {"sync": 3, "async": 0})
+    set_alarm(d, FAILING_ALARM, "ALARM")
+    release(d, "rolled-back", SHA3, ARTIFACT3)
+    set_alarm(d, FAILING_ALARM, "OK")
+    scale(d, {"async": 0})
+    release(d, "second", SHA2, ARTIFACT2)
+    yield d

@@ -17,7 +17,10 @@ Each gap is filled with the smallest faithful stand-in, and a later moto that ha
   DescribeEndpoint has no LastDeploymentConfig. The provider reads deployment_config from it;
   without it every plan would see the rollback alarms "removed" and, that block being ForceNew,
   replace both endpoints. Here the config is kept and returned, and UpdateEndpoint switches the
-  endpoint to the new endpoint config, as AWS does at the end of a blue/green update.
+  endpoint to the new endpoint config, as AWS does at the end of a blue/green update, unless
+  one of its rollback alarms is in ALARM (set one with SetAlarmState): then the update "rolls
+  back" as AWS's does, the endpoint InService on its old config (AWS: "Auto-Rollback
+  Configuration and Monitoring").
 - S3: bucket policies are enforced with their Condition blocks ignored, so the stack's
   TLS-only deny (aws:SecureTransport false) refuses every object request made over the
   emulator's plain HTTP. Conditional statements are left out of that evaluation here; the
@@ -37,6 +40,7 @@ import json
 import sys
 import uuid
 
+from moto.cloudwatch.models import cloudwatch_backends
 from moto.core.responses import ActionResult
 from moto.events.models import Rule
 from moto.s3.models import FakeBucket
@@ -132,14 +136,27 @@ def update_endpoint(self: SageMakerResponse) -> ActionResult:
     endpoint = backend.endpoints[name]
     config_name = self._get_param("EndpointConfigName")
     config = backend.describe_endpoint_config(config_name)  # ValidationError if missing
+    deployment = self._get_param("DeploymentConfig") or endpoint.last_deployment_config or {}
+    if deployment:
+        endpoint.last_deployment_config = deployment
+    if _a_rollback_alarm_fires(self, deployment):
+        # AWS: the new fleet bakes, an alarm fires, traffic goes back to the old fleet, and the
+        # endpoint is InService again on its old config.
+        return ActionResult({"EndpointArn": endpoint.arn})
     endpoint.endpoint_config_name = config_name
     endpoint.production_variants = endpoint._process_production_variants(
         config["ProductionVariants"]
     )
     endpoint.data_capture_config = config.get("DataCaptureConfig")
-    if self._get_param("DeploymentConfig"):
-        endpoint.last_deployment_config = self._get_param("DeploymentConfig")
     return ActionResult({"EndpointArn": endpoint.arn})
+
+
+def _a_rollback_alarm_fires(self: SageMakerResponse, deployment: dict) -> bool:
+    names = [
+        a["AlarmName"] for a in deployment.get("AutoRollbackConfiguration", {}).get("Alarms", [])
+    ]
+    alarms = cloudwatch_backends[self.current_account][self.region].alarms
+    return any(name in alarms and alarms[name].state_value == "ALARM" for name in names)
 
 
 # --- S3 ------------------------------------------------------------------------------------

@@ -23,7 +23,9 @@ from tests.infra.conftest import (
     actions,
     as_list,
     grants,
+    ok,
     planned,
+    run,
     workflow_command,
 )
 
@@ -51,7 +53,6 @@ GITHUB_RESOURCES = (
     "aws_iam_role_policy.github_push[0]",
     "aws_iam_role.github_plan[0]",
     "aws_iam_role_policy.github_plan[0]",
-    "aws_iam_role_policy_attachment.github_plan_read_only[0]",
 )
 
 
@@ -94,7 +95,7 @@ def test_the_old_ci_plan_command_would_have_destroyed_the_github_roles(deploymen
 
 def test_the_workflow_and_the_readme_plan_with_the_committed_tfvars():
     plan = workflow_command("plan", "terraform plan")
-    assert "-var-file=production.tfvars" in plan
+    assert "-var-file=production.tfvars" in plan and "-var-file=live.tfvars.json" in plan
     assert re.findall(r"-var[ =]\"?(\w+)=", plan) == ["image_tag"], plan
     readme = (INFRA / "README.md").read_text()
     commands = re.findall(r"^\s*terraform (?:plan|apply)\b.*$", readme, re.MULTILINE)
@@ -115,7 +116,7 @@ def test_the_workflow_and_the_readme_plan_with_the_committed_tfvars():
 
 def test_the_plan_role_can_hold_the_state_lock_and_nothing_else(deployment, out):
     arn = out["github_plan_role_arn"]
-    statements = deployment.role_policy(arn, "terraform-state-lock")
+    statements = deployment.role_policy(arn, "terraform-plan")
     allowed = grants([s for s in statements if s["Effect"] == "Allow"])
     state = "arn:aws:s3:::acme-tfstate/sdturbo/terraform.tfstate"
     assert allowed["s3:PutObject"] == allowed["s3:DeleteObject"] == {state + ".tflock"}
@@ -124,42 +125,196 @@ def test_the_plan_role_can_hold_the_state_lock_and_nothing_else(deployment, out)
     assert writes == {"s3:PutObject", "s3:DeleteObject"}
     iam = deployment.client("iam")
     role = iam.get_role(RoleName=arn.split("/")[-1])["Role"]
-    trust = role["AssumeRolePolicyDocument"]["Statement"][0]
-    subject = trust["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"]
-    assert as_list(subject) == ["repo:acme/sdturbo:ref:refs/heads/main"]
     attached = iam.list_attached_role_policies(RoleName=role["RoleName"])["AttachedPolicies"]
-    assert [p["PolicyName"] for p in attached] == ["ReadOnlyAccess"]
+    assert attached == []  # no ReadOnlyAccess (account-wide s3:GetObject)
+
+
+def test_the_plan_role_reads_no_object_but_the_state(deployment, out):
+    statements = deployment.role_policy(out["github_plan_role_arn"], "terraform-plan")
+    allowed = grants([s for s in statements if s["Effect"] == "Allow"])
+    state = "arn:aws:s3:::acme-tfstate/sdturbo/terraform.tfstate"
+    object_reads = {a for a in allowed if re.fullmatch(r"s3:(Get\*?|GetObject\w*|\*)", a)}
+    assert object_reads == {"s3:GetObject"} and allowed["s3:GetObject"] == {
+        state,
+        state + ".tflock",
+    }
+    for action, resources in allowed.items():
+        if action.startswith("s3:") and action not in {
+            "s3:GetObject",
+            "s3:PutObject",
+            "s3:DeleteObject",
+        }:
+            assert all("/" not in r for r in resources), action  # buckets (settings), no object
+        assert not action.endswith(":*") and action != "*", action
+    # Only Describe/Get/List, besides the lock object.
+    assert all(
+        re.match(r"[\w-]+:(Describe|Get|List)", a) for a in allowed if a not in writes_of(allowed)
+    )
+
+
+def writes_of(allowed: dict) -> set[str]:
+    return {a for a in allowed if re.match(r"s3:(Put|Delete)", a)}
+
+
+def test_push_and_plan_roles_trust_distinct_environments(deployment, out):
+    iam = deployment.client("iam")
+    subjects = {}
+    for role in ("push", "plan"):
+        name = out[f"github_{role}_role_arn"].split("/")[-1]
+        trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]["Statement"][0]
+        subjects[role] = as_list(
+            trust["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"]
+        )
+    assert subjects == {
+        "push": ["repo:acme/sdturbo:environment:ecr-push"],
+        "plan": ["repo:acme/sdturbo:environment:terraform-plan"],
+    }
+    workflows = INFRA.parent / ".github" / "workflows"
+    assert "environment: ecr-push" in (workflows / "build-and-push.yml").read_text()
+    deploy = (workflows / "deploy-infrastructure.yml").read_text()
+    plan_job = deploy[deploy.index("\n  plan:") : deploy.index("\n  apply:")]
+    assert "environment: terraform-plan" in plan_job
 
 
 # --- models roll out: versioned artifacts, a model name per content, blue/green -------------
 
 
-def test_second_deploy_rolls_out_blue_green_without_replacing_the_endpoints(deployment, out):
-    planned_actions = actions(deployment.plans["second"])
-    changed = {a: act for a, act in planned_actions.items() if act not in (["no-op"], ["read"])}
-    assert changed == {
-        "aws_sagemaker_model.this[0]": ["create", "delete"],  # new model first
-        "aws_sagemaker_endpoint_configuration.sync[0]": ["create", "delete"],
-        "aws_sagemaker_endpoint_configuration.async[0]": ["create", "delete"],
-        "aws_sagemaker_endpoint.sync[0]": ["update"],  # UpdateEndpoint: blue/green
-        "aws_sagemaker_endpoint.async[0]": ["update"],
-        "aws_ecr_lifecycle_policy.this": ["delete", "create"],  # protects the new tag
-    }, changed
+def changes(plan: dict) -> dict[str, list[str]]:
+    return {a: act for a, act in actions(plan).items() if act not in (["no-op"], ["read"])}
+
+
+def config_of(deployment, release: str, kind: str) -> str:
+    return deployment.endpoint_configs[release][kind]["EndpointConfigName"]
+
+
+def test_a_release_rolls_out_blue_green_beside_the_live_release(deployment, out):
+    # "second" came after "rolled-back": live were the sync config of "deploy" (the rollback
+    # left it there) and the async config of "rolled-back".
+    planned_actions = changes(deployment.plans["second"])
+    assert planned_actions.pop("aws_ecr_lifecycle_policy.this") == ["delete", "create"]
+    assert planned_actions.pop('aws_sagemaker_endpoint.this["sync"]') == ["update"]
+    assert planned_actions.pop('aws_sagemaker_endpoint.this["async"]') == ["update"]
+    created = {a for a, act in planned_actions.items() if act == ["create"]}
+    deleted = {a for a, act in planned_actions.items() if act == ["delete"]}
+    assert planned_actions == {a: ["create"] for a in created} | {a: ["delete"] for a in deleted}
+    assert len(created) == len(deleted) == 4  # model + config, per endpoint
     sm = deployment.client("sagemaker")
-    first, second = deployment.endpoint_configs["deploy"], deployment.endpoint_configs["second"]
     for kind in ("sync", "async"):
-        old_model = first[kind]["ProductionVariants"][0]["ModelName"]
-        new_model = second[kind]["ProductionVariants"][0]["ModelName"]
-        assert old_model != new_model == out["model_name"]
-        assert first[kind]["EndpointConfigName"] != second[kind]["EndpointConfigName"]
         endpoint = sm.describe_endpoint(EndpointName=out[f"{kind}_endpoint_name"])
-        assert endpoint["EndpointConfigName"] == second[kind]["EndpointConfigName"]
-        with pytest.raises(sm.exceptions.ClientError):  # the old config is gone afterwards
-            sm.describe_endpoint_config(EndpointConfigName=first[kind]["EndpointConfigName"])
-    model = sm.describe_model(ModelName=out["model_name"])
-    assert model["PrimaryContainer"]["Image"] == f"{out['ecr_repository_url']}:{SHA2}"
-    assert model["EnableNetworkIsolation"] is True
-    assert [m["ModelName"] for m in sm.list_models()["Models"]] == [out["model_name"]]
+        assert endpoint["EndpointConfigName"] == config_of(deployment, "second", kind)
+        model = deployment.endpoint_configs["second"][kind]["ProductionVariants"][0]["ModelName"]
+        assert model == out["model_names"][kind]
+        assert re.fullmatch(rf"sdturbo-{kind}-{SHA2[:8]}-[0-9a-f]{{10}}", model)
+    # Kept: what each endpoint served when "second" was planned. Gone: the rest.
+    kept = {config_of(deployment, "deploy", "sync"), config_of(deployment, "rolled-back", "async")}
+    never_served = {  # the sync config of the release that rolled back
+        re.search(r'\["(.+)"\]', a)[1]
+        for a, act in actions(deployment.plans["rolled-back"]).items()
+        if a.startswith("aws_sagemaker_endpoint_configuration.") and act == ["create"]
+    } - kept
+    gone = never_served | {config_of(deployment, "deploy", "async")}
+    names = {c["EndpointConfigName"] for c in sm.list_endpoint_configs()["EndpointConfigs"]}
+    current = {config_of(deployment, "second", k) for k in ("sync", "async")}
+    assert len(gone) == 2 and names == current | kept and not names & gone
+    assert out["release"]["sync"]["kept_configs"] == [config_of(deployment, "deploy", "sync")]
+    image = sm.describe_model(ModelName=out["model_names"]["sync"])["PrimaryContainer"]["Image"]
+    assert image == f"{out['ecr_repository_url']}:{SHA2}"
+
+
+def test_a_rolled_back_release_fails_and_deletes_nothing_in_use(deployment):
+    """SageMaker rolled the sync update back (its queue-wait alarm fired in the bake). The
+    provider still reported success (the shim, like AWS, ends InService on the old config):
+    the workflow's verify step fails, loudly, and the config and model in use still exist."""
+    verified = deployment.verified["rolled-back"]
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    message = " ".join(verified.stderr.split())
+    old = config_of(deployment, "deploy", "sync")
+    assert (
+        "RELEASE NOT LIVE" in message
+        and f"sdturbo-sync is InService on endpoint config {old}" in message
+    )
+    assert "kept by this apply" in message and "sdturbo-async" not in message.split("Next:")[0]
+    snapshot = deployment.endpoint_configs["rolled-back"]
+    assert snapshot["sync"]["EndpointConfigName"] == old  # what serves: the previous release
+    assert snapshot["async"]["EndpointConfigName"] != config_of(deployment, "deploy", "async")
+    plan = changes(deployment.plans["rolled-back"])
+    assert not [a for a, act in plan.items() if "delete" in act and "sagemaker" in a], plan
+    assert deployment.live["rolled-back"]["live_releases"]["sync"]["image_tag"] == SHA
+    # ...and the next release succeeded over it (test above), verified.
+    assert deployment.verified["second"].returncode == 0, deployment.verified["second"].stderr
+    assert deployment.verified["deploy"].returncode == 0, deployment.verified["deploy"].stderr
+
+
+def test_instance_counts_survive_a_release(deployment):
+    # Before "rolled-back", autoscaling had sync at 3 and async at 0.
+    live = deployment.live["rolled-back"]["live_releases"]
+    assert (live["sync"]["instance_count"], live["async"]["instance_count"]) == (3, 0)
+    configs = deployment.endpoint_configs
+    for release in ("rolled-back", "second"):
+        # The async fleet starts with 1 for the bake: InitialInstanceCount has a minimum of 1.
+        assert configs[release]["async"]["ProductionVariants"][0]["InitialInstanceCount"] == 1
+    assert configs["second"]["sync"]["ProductionVariants"][0]["InitialInstanceCount"] == 3
+    # verify returned the async endpoint to 0 once the release was live.
+    assert deployment.counts_after["second"] == {"sync": 3, "async": 0}
+    assert deployment.counts_after["deploy"] == {"sync": 1, "async": 1}  # was not at 0 before
+
+
+def test_the_bake_sends_async_requests_while_the_endpoint_updates(deployment, out):
+    from optimize.release import bake_traffic
+
+    statuses = iter(["InService", "Updating", "Updating", "Updating", "InService"])
+
+    class UpdatingEndpoint:  # the update itself is instantaneous in moto
+        def describe_endpoint(self, EndpointName):
+            return {"EndpointStatus": next(statuses)}
+
+    sent = bake_traffic(
+        UpdatingEndpoint(), deployment.client("sagemaker-runtime"), deployment.client("s3"),
+        out["async_endpoint_name"], out["bucket"], interval_s=0, log=lambda _: None,
+    )  # fmt: skip
+    assert len(sent) == 3
+    s3 = deployment.client("s3")
+    for inference_id in sent:  # under inputs/direct/: the trigger does not invoke them again
+        body = s3.get_object(Bucket=out["bucket"], Key=f"inputs/direct/{inference_id}.json")["Body"]
+        assert json.loads(body.read())["num_inference_steps"] == 1
+    workflow = (INFRA.parent / ".github" / "workflows" / "deploy-infrastructure.yml").read_text()
+    apply_job = workflow[workflow.index("\n  apply:") :]
+    bake = apply_job.index("optimize.release bake")
+    assert (
+        bake
+        < apply_job.index("terraform apply tfplan")
+        < apply_job.index("optimize.release verify")
+    )
+
+
+def test_session_lengths_cover_the_longest_wait():
+    import yaml
+
+    workflow = yaml.safe_load(
+        (INFRA.parent / ".github/workflows/deploy-infrastructure.yml").read_text()
+    )
+    apply_job = workflow["jobs"]["apply"]
+    credentials = next(
+        s for s in apply_job["steps"] if "configure-aws-credentials" in s.get("uses", "")
+    )
+    role_s = int(credentials["with"]["role-duration-seconds"])
+    job_s = apply_job["timeout-minutes"] * 60
+    variables = (INFRA / "variables.tf").read_text()
+    block = re.search(r'variable "deployment_timeout_s" \{(.*?)\n\}', variables, re.S)[1]
+    default = int(re.search(r"default\s*=\s*(\d+)", block)[1])
+    maximum = int(re.search(r"var.deployment_timeout_s <= (\d+)", block)[1])
+    provider_wait_s = 3600  # the provider's fixed wait for InService (5.100.0)
+    assert default <= maximum < provider_wait_s  # SageMaker gives up before Terraform does
+    assert job_s >= provider_wait_s + 600  # the wait, plus the rest of the apply
+    assert role_s > job_s  # credentials outlast the job: no expiry mid-apply, no stale lock
+    readme = (INFRA / "README.md").read_text()
+    max_session = int(re.search(r"--max-session-duration (\d+)", readme)[1])
+    assert max_session >= role_s
+
+
+def test_a_too_long_deployment_timeout_is_refused(deployment):
+    refused = deployment.refused_plan(f"-var=image_tag={SHA2}", "-var=deployment_timeout_s=5400")
+    assert "provider stops waiting for InService after 60 minutes" in refused
 
 
 def test_every_update_is_guarded_by_rollback_alarms(deployment, out):
@@ -175,11 +330,12 @@ def test_every_update_is_guarded_by_rollback_alarms(deployment, out):
             "Type": "ALL_AT_ONCE",
             "WaitIntervalInSeconds": 600,  # the baking period, watched by the alarms
         }
-        assert policy["MaximumExecutionTimeoutInSeconds"] == 5400
+        assert policy["MaximumExecutionTimeoutInSeconds"] == 3300  # < the provider's 60 min
         rollback = {a["AlarmName"] for a in config["AutoRollbackConfiguration"]["Alarms"]}
-        assert rollback == {f"{name}-5xx-errors", f"{name}-model-latency"}
-        metrics = {alarms[a]["MetricName"] for a in rollback}
-        assert metrics == {"Invocation5XXErrors", "ModelLatency"}
+        assert rollback == {f"{name}-5xx-errors", f"{name}-model-latency", f"{name}-queue-wait"}
+        metrics = {(alarms[a]["Namespace"], alarms[a]["MetricName"]) for a in rollback}
+        assert metrics == {("AWS/SageMaker", "Invocation5XXErrors"),
+                           ("AWS/SageMaker", "ModelLatency"), ("SDTurbo", "QueueWait")}  # fmt: skip
         for alarm in rollback:
             dimensions = {d["Name"]: d["Value"] for d in alarms[alarm]["Dimensions"]}
             assert dimensions == {"EndpointName": name, "VariantName": "AllTraffic"}
@@ -188,7 +344,7 @@ def test_every_update_is_guarded_by_rollback_alarms(deployment, out):
     expected = {
         f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{out[f'{k}_endpoint_name']}-{m}"
         for k in ("sync", "async")
-        for m in ("5xx-errors", "model-latency")
+        for m in ("5xx-errors", "model-latency", "queue-wait")
     }
     assert allowed["cloudwatch:DescribeAlarms"] == expected
 
@@ -215,9 +371,20 @@ def test_alarms_watch_errors_latency_and_the_async_queue(deployment, out):
 
 def test_the_model_name_follows_image_artifact_and_environment(deployment, out):
     image = f"-var=image_tag={SHA2}"
-    unchanged = deployment.plan(image)
-    still = {a: act for a, act in actions(unchanged).items() if act not in (["no-op"], ["read"])}
+    still = changes(deployment.plan(image))
     assert still == {}, f"a second plan of the same release is not empty: {still}"
+    # Once "second" is verified it is the live release: the next plan (the workflow reads the
+    # live releases first) removes the release kept for it, and nothing else.
+    env = {
+        **deployment.env,
+        "PYTHONPATH": str(INFRA.parent),
+        "AWS_ENDPOINT_URL": deployment.moto.url,
+    }
+    ok(run(workflow_command("plan", "Read what the endpoints serve now"), deployment.stack, env))
+    cleanup = changes(deployment.plan(image))
+    kept = set(out["release"]["sync"]["kept_configs"] + out["release"]["async"]["kept_configs"])
+    assert {re.search(r'\["(.+)"\]', a)[1] for a in cleanup if "configuration" in a} == kept
+    assert set(map(tuple, cleanup.values())) == {("delete",)}
     names = {}
     for change, args in {
         "image": ("-refresh=false", f"-var=image_tag={SHA}"),
@@ -226,22 +393,52 @@ def test_the_model_name_follows_image_artifact_and_environment(deployment, out):
             "-refresh=false", image, '-var=container_environment={SDTURBO_MAX_BATCH_SIZE="4"}',
         ),
     }.items():  # fmt: skip
-        plan = deployment.plan(*args)
-        names[change] = planned(plan, "aws_sagemaker_model.this[0]")["name"]
-        planned_actions = actions(plan)
-        assert planned_actions["aws_sagemaker_model.this[0]"] == ["create", "delete"], change
+        planned_actions = changes(deployment.plan(*args))
+        new_models = [a for a, act in planned_actions.items()
+                      if a.startswith("aws_sagemaker_model.") and act == ["create"]]  # fmt: skip
+        assert len(new_models) == 2, (change, planned_actions)  # one per endpoint
+        names[change] = re.search(r'\["(.+)"\]', sorted(new_models)[0])[1]
         for kind in ("sync", "async"):
-            assert planned_actions[f"aws_sagemaker_endpoint.{kind}[0]"] == ["update"], change
-            config = f"aws_sagemaker_endpoint_configuration.{kind}[0]"
-            assert planned_actions[config] == ["create", "delete"], change
-    assert len({out["model_name"], *names.values()}) == 4, names
-    assert all(re.fullmatch(r"sdturbo-[0-9a-f]{8}-[0-9a-f]{10}", n) for n in names.values())
+            assert planned_actions[f'aws_sagemaker_endpoint.this["{kind}"]'] == ["update"], change
+        # The live release stays: a release deletes only what no endpoint serves.
+        deleted = {a for a, act in planned_actions.items() if "delete" in act and "sagemaker" in a}
+        assert deleted <= set(cleanup), (change, deleted - set(cleanup))
+    assert len({out["model_names"]["async"], *names.values()}) == 4, names
+    assert all(re.fullmatch(r"sdturbo-async-[0-9a-f]{8}-[0-9a-f]{10}", n) for n in names.values())
+
+
+def test_the_container_knows_its_endpoint_variant_and_metrics_namespace(deployment, out):
+    sm = deployment.client("sagemaker")
+    for kind in ("sync", "async"):
+        environment = sm.describe_model(ModelName=out["model_names"][kind])["PrimaryContainer"][
+            "Environment"
+        ]
+        assert environment == {
+            "SDTURBO_ENDPOINT_NAME": out[f"{kind}_endpoint_name"],
+            "SDTURBO_VARIANT_NAME": "AllTraffic",
+            "SDTURBO_METRICS_NAMESPACE": "SDTurbo",
+        }
+    refused = deployment.refused_plan(
+        f"-var=image_tag={SHA2}", '-var=container_environment={SDTURBO_ENDPOINT_NAME="x"}'
+    )
+    assert "Terraform sets them" in refused
+
+
+def test_no_interface_endpoint_without_a_caller_in_the_vpc(deployment, out):
+    described = deployment.client("ec2").describe_vpc_endpoints(
+        Filters=[{"Name": "vpc-id", "Values": [out["vpc_id"]]}]
+    )["VpcEndpoints"]
+    # The container is network-isolated and clients call from outside: no sagemaker.runtime.
+    assert {e["ServiceName"] for e in described} == {
+        f"com.amazonaws.us-east-1.{s}" for s in ("s3", "ecr.api", "ecr.dkr", "logs")
+    }
 
 
 def test_artifacts_live_under_versioned_immutable_prefixes(deployment, out):
     bucket = out["bucket"]
     sm = deployment.client("sagemaker")
-    source = sm.describe_model(ModelName=out["model_name"])["PrimaryContainer"]["ModelDataSource"]
+    model = out["model_names"]["sync"]
+    source = sm.describe_model(ModelName=model)["PrimaryContainer"]["ModelDataSource"]
     assert source["S3DataSource"] == {
         "S3Uri": f"s3://{bucket}/{ARTIFACT2}",
         "S3DataType": "S3Prefix",
@@ -338,7 +535,7 @@ def test_execution_role_vpc_actions_are_exactly_awss_documented_list(deployment,
     assert {a for s in ec2 for a in as_list(s["Action"])} == AWS_VPC_ACTIONS
     for statement in ec2:  # as documented: on "*", unconditioned (ENIs have no ARN beforehand)
         assert as_list(statement["Resource"]) == ["*"] and "Condition" not in statement
-    model = deployment.client("sagemaker").describe_model(ModelName=out["model_name"])
+    model = deployment.client("sagemaker").describe_model(ModelName=out["model_names"]["sync"])
     assert model["ExecutionRoleArn"] == out["execution_role_arn"]
     assert len(model["VpcConfig"]["Subnets"]) == 2
 
@@ -502,7 +699,12 @@ def test_autoscaling_wakes_from_zero_and_a_tarball_artifact_plans(deployment, ou
         "-refresh=false", f"-var=image_tag={SHA2}", "-var=create_autoscaling=true",
         f"-var=model_artifact={tarball}",
     )  # fmt: skip
-    container = planned(plan, "aws_sagemaker_model.this[0]")["primary_container"][0]
+    created = [
+        c
+        for c in plan["resource_changes"]
+        if c["type"] == "aws_sagemaker_model" and c["change"]["actions"] == ["create"]
+    ]
+    container = created[0]["change"]["after"]["primary_container"][0]
     assert container["model_data_url"] == f"s3://{out['bucket']}/{tarball}"
     assert not container.get("model_data_source")
     endpoint = out["async_endpoint_name"]
@@ -575,3 +777,63 @@ def test_autoscaling_wakes_from_zero_and_a_tarball_artifact_plans(deployment, ou
     assert [t["MinCapacity"] for t in registered] == [0]
     alarms = cloudwatch.describe_alarms(AlarmNames=[alarm["alarm_name"]])["MetricAlarms"]
     assert alarms[0]["AlarmActions"] == [policy_arn]
+
+
+# --- dashboards: SageMaker's metrics beside the server's own (issue 19) ----------------------
+
+# What the serving code emits as EMF (namespace metrics_namespace, dimensions EndpointName and
+# VariantName): the list agreed with the serving side.
+SERVER_METRICS = {
+    "QueueWait", "BatchSize", "BatchFill", "TextEncoderTime", "UNetTime", "VaeDecodeTime",
+    "EncodeTime", "RequestsShed", "Requests", "PromptCacheHits", "PromptCacheMisses",
+    "CompileFallbacks", "GpuMemoryUsed", "QueueLength",
+}  # fmt: skip
+# SageMaker's own endpoint metrics in AWS/SageMaker (developer guide, "Amazon SageMaker AI
+# metrics in Amazon CloudWatch": endpoint invocation metrics and asynchronous inference metrics).
+SAGEMAKER_METRICS = {
+    "Invocations", "InvocationsPerInstance", "ModelLatency", "OverheadLatency",
+    "Invocation4XXErrors", "Invocation5XXErrors", "ModelSetupTime",
+    "ApproximateBacklogSize", "ApproximateBacklogSizePerInstance",
+    "ApproximateAgeOfOldestRequest", "HasBacklogWithoutCapacity",
+}  # fmt: skip
+
+
+def dashboard_metrics(body: dict) -> list[tuple[str, str, dict]]:
+    found = []
+    for widget in body["widgets"]:
+        for line in widget["properties"]["metrics"]:
+            names = [x for x in line if not isinstance(x, dict)]
+            namespace, metric, dims = names[0], names[1], names[2:]
+            found.append((namespace, metric, dict(zip(dims[::2], dims[1::2], strict=True))))
+    return found
+
+
+def test_each_endpoint_has_a_dashboard_of_emitted_metrics_only(deployment, out):
+    cloudwatch = deployment.client("cloudwatch")
+    assert set(out["dashboard_names"]) == {"sync", "async"}
+    for kind, name in out["dashboard_names"].items():
+        body = json.loads(cloudwatch.get_dashboard(DashboardName=name)["DashboardBody"])
+        metrics = dashboard_metrics(body)
+        endpoint = out[f"{kind}_endpoint_name"]
+        server = {m for ns, m, _ in metrics if ns == out["metrics_namespace"]}
+        sagemaker = {m for ns, m, _ in metrics if ns == "AWS/SageMaker"}
+        assert {ns for ns, _, _ in metrics} == {"SDTurbo", "AWS/SageMaker"}
+        assert server == SERVER_METRICS  # every one shown, nothing nobody emits
+        assert sagemaker <= SAGEMAKER_METRICS
+        assert {"Invocations", "ModelLatency", "OverheadLatency", "Invocation4XXErrors",
+                "Invocation5XXErrors"} <= sagemaker  # fmt: skip
+        assert ("ApproximateBacklogSizePerInstance" in sagemaker) == (kind == "async")
+        for namespace, metric, dims in metrics:
+            expected = {"EndpointName": endpoint, "VariantName": "AllTraffic"}
+            if metric == "ApproximateBacklogSizePerInstance":  # an endpoint-level metric
+                expected = {"EndpointName": endpoint}
+            assert dims == expected, (namespace, metric)
+    # EMF travels in the container's logs: the execution role needs no PutMetricData for it.
+    statements = deployment.role_policy(out["execution_role_arn"], "least-privilege")
+    namespaces = [
+        s["Condition"]["StringLike"]["cloudwatch:namespace"]
+        for s in statements
+        if "cloudwatch:PutMetricData" in as_list(s["Action"])
+    ]
+    assert all("SDTurbo" not in as_list(n) for n in namespaces)
+    assert any("logs:PutLogEvents" in as_list(s["Action"]) for s in statements)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -113,7 +112,17 @@ def test_dockerfile_contract():
     assert not any(re.search(r"huggingface|from_pretrained|\.safetensors", r) for r in runs)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_the_image_workflow_reruns_for_a_pushed_sha_and_frees_disk():
+    import yaml
+
+    job = yaml.safe_load((WORKFLOWS / "build-and-push.yml").read_text())["jobs"]["build-and-push"]
+    steps = job["steps"]
+    names = [s.get("name") or s.get("uses", "").split("@")[0] for s in steps]
+    check = names.index("Skip an image already pushed")
+    free = names.index("Free disk space")
+    build = names.index("docker/build-push-action")
+    assert check < free < build
+    assert "aws ecr describe-images" in steps[check]["run"]
+    assert "ImageNotFoundException" in steps[check]["run"]  # other errors still fail the job
+    for step in steps[check + 1 :]:  # nothing is built or pushed for an existing tag
+        assert step.get("if") == "steps.existing.outputs.exists != 'true'", step

@@ -19,23 +19,25 @@ import botocore.session
 import pytest
 from botocore.validate import validate_parameters
 
+from optimize import job_request as job_req
 from optimize import sagemaker_job as job
+from optimize import tfvars as tfvars_file
 from tests.infra.conftest import INFRA, REPO, SHA2, grants
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
 
 
-def settings(**overrides) -> job.JobSettings:
+def settings(**overrides) -> job_req.JobSettings:
     values = {
         "bucket": "bkt",
         "role_arn": "arn:aws:iam::123456789012:role/sdturbo-build-1",
         "repository_url": "123456789012.dkr.ecr.us-east-1.amazonaws.com/sdturbo",
         "instance_type": "ml.g5.xlarge",
         "image_tag": SHA2,
-        "build_args": ["--sizes", "512"],
+        "build_args": ["--warmup-sizes", "512"],
         **overrides,
     }
-    return job.JobSettings(**values)
+    return job_req.JobSettings(**values)
 
 
 def check_against_the_api(request: dict) -> None:
@@ -44,16 +46,21 @@ def check_against_the_api(request: dict) -> None:
 
 
 def test_the_job_runs_optimize_build_in_the_serving_image_on_the_endpoint_instance_type():
-    version = job.version_name(SHA2, NOW)
-    request = job.job_request(settings(), job.job_name(settings(), NOW), version)
+    version = job_req.version_name(SHA2, NOW)
+    request = job_req.job_request(settings(), job_req.job_name(settings(), NOW), version)
     check_against_the_api(request)
     app = request["AppSpecification"]
     assert app["ImageUri"] == f"123456789012.dkr.ecr.us-east-1.amazonaws.com/sdturbo:{SHA2}"
     assert app["ContainerEntrypoint"] == ["python", "-m", "optimize", "build"]
     assert app["ContainerArguments"] == [
         "--model", "stabilityai/sd-turbo", "--output", "/opt/ml/processing/output/model",
-        "--device", "cuda", "--sizes", "512",
+        "--device", "cuda", "--compile", "--warmup-sizes", "512",
     ]  # fmt: skip
+    # The arguments are the build's own: its parser takes them, and the job compiles.
+    from optimize.__main__ import build_parser
+
+    parsed = build_parser().parse_args([app["ContainerEntrypoint"][-1], *app["ContainerArguments"]])
+    assert parsed.compile is True and parsed.warmup_sizes == "512"
     cluster = request["ProcessingResources"]["ClusterConfig"]
     assert (cluster["InstanceType"], cluster["InstanceCount"]) == ("ml.g5.xlarge", 1)
     (output,) = request["ProcessingOutputConfig"]["Outputs"]
@@ -69,7 +76,7 @@ def test_the_job_runs_optimize_build_in_the_serving_image_on_the_endpoint_instan
 
 def test_weights_from_s3_run_without_any_network():
     source = "s3://bkt/sources/sd-turbo/"
-    request = job.job_request(settings(model=source), "n", "v")
+    request = job_req.job_request(settings(model=source), "n", "v")
     check_against_the_api(request)
     assert request["NetworkConfig"] == {"EnableNetworkIsolation": True}
     assert request["Environment"]["HF_HUB_OFFLINE"] == "1"
@@ -84,10 +91,10 @@ def test_the_artifact_key_is_what_terraform_accepts_and_checks():
     pattern = re.search(r'can\(regex\("(\^models/[^"]+)"', variables).group(1)
     check = re.search(r'"-\$\{substr\(coalesce\(var\.image_tag, "none"\), 0, (\d+)\)\}/"',
                       (INFRA / "sagemaker.tf").read_text())  # fmt: skip
-    version = job.version_name(SHA2, NOW)
+    version = job_req.version_name(SHA2, NOW)
     assert version == f"20250304T050607Z-{SHA2[:12]}"
     for tarball in (False, True):
-        key = job.artifact_key(version, tarball)
+        key = job_req.artifact_key(version, tarball)
         assert re.fullmatch(pattern, key), key
         assert f"-{SHA2[: int(check.group(1))]}/" in key  # the image-matches-artifact check
 
@@ -95,7 +102,7 @@ def test_the_artifact_key_is_what_terraform_accepts_and_checks():
 def test_update_tfvars_replaces_the_line(tmp_path):
     tfvars = tmp_path / "production.tfvars"
     tfvars.write_text('region = "us-east-1"\nmodel_artifact = null\nalarm_emails = []\n')
-    job.update_tfvars(tfvars, "models/v1/model/")
+    tfvars_file.update_tfvars(tfvars, "models/v1/model/")
     assert tfvars.read_text() == (
         'region = "us-east-1"\nmodel_artifact = "models/v1/model/"\nalarm_emails = []\n'
     )
@@ -112,7 +119,7 @@ def test_the_command_starts_the_job_from_terraform_outputs(deployment):
     result = subprocess.run(
         [sys.executable, "-m", "optimize", "sagemaker-build", "--from-terraform",
          str(deployment.stack), "--image-tag", SHA2, "--endpoint-url", deployment.moto.url,
-         "--region", "us-east-1", "--no-wait", "--", "--sizes", "512"],
+         "--region", "us-east-1", "--no-wait", "--", "--warmup-sizes", "512"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -125,7 +132,7 @@ def test_the_command_starts_the_job_from_terraform_outputs(deployment):
     assert described["RoleArn"] == out["build_role_arn"]
     app = described["AppSpecification"]
     assert app["ImageUri"] == f"{out['ecr_repository_url']}:{SHA2}"
-    assert app["ContainerArguments"][-2:] == ["--sizes", "512"]
+    assert app["ContainerArguments"][-2:] == ["--warmup-sizes", "512"]
     output_config = described["ProcessingOutputConfig"]
     assert output_config["KmsKeyId"] == out["kms_key_arn"]
     version_prefix = summary["model_artifact"].removesuffix("model/")
@@ -199,7 +206,7 @@ def test_the_command_waits_checks_the_artifact_and_writes_the_tfvars(
 
     # The version now exists: a second build may never write into it.
     sm, s3 = deployment.client("sagemaker"), deployment.client("s3")
-    config = job.JobSettings(
+    config = job_req.JobSettings(
         bucket=out["bucket"], role_arn=out["build_role_arn"],
         repository_url=out["ecr_repository_url"], instance_type=out["instance_type"],
         image_tag=SHA2,

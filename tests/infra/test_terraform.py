@@ -15,7 +15,15 @@ import subprocess
 import pytest
 import yaml
 
-from tests.infra.conftest import INFRA, REPO, WORKFLOW, copy_stack, ok, run, tool
+from tests.infra.conftest import INFRA, REPO, WORKFLOW, copy_stack, ok, provider_mirror, run, tool
+
+# ProductionVariantInferenceAmiVersion's GPU values in the SDK of hashicorp/aws 5.100.0 (read
+# from its binary by the test below); botocore's model also lists al2023-...-gpu-4-1.
+PROVIDER_INFERENCE_AMIS = {
+    "al2-ami-sagemaker-inference-gpu-2",
+    "al2-ami-sagemaker-inference-gpu-2-1",
+    "al2-ami-sagemaker-inference-gpu-3-1",
+}
 
 
 def test_terraform_fmt(tf_env):
@@ -34,6 +42,21 @@ def test_init_with_the_committed_lock_file_and_validate_offline(tf_env, tmp_path
     assert (stack / ".terraform.lock.hcl").read_text() == (
         INFRA / ".terraform.lock.hcl"
     ).read_text()
+    # infra/README.md: a real-time endpoint scales to zero only through inference components
+    # with managed instance scaling; the pinned provider has no inference component resource.
+    # (schema needs an initialised backend: read it in a folder of the provider pin alone)
+    pin = tmp_path / "pin"
+    pin.mkdir()
+    versions = (stack / "versions.tf").read_text().replace('backend "s3" {}', "")
+    (pin / "versions.tf").write_text(versions.split('provider "aws"')[0])
+    (pin / ".terraform.lock.hcl").write_text((stack / ".terraform.lock.hcl").read_text())
+    ok(run([terraform, "init", "-input=false", "-no-color", "-lockfile=readonly"], pin, tf_env))
+    schema = json.loads(ok(run([terraform, "providers", "schema", "-json"], pin, tf_env, 120)))
+    resources = schema["provider_schemas"]["registry.terraform.io/hashicorp/aws"][
+        "resource_schemas"
+    ]
+    assert "aws_sagemaker_endpoint_configuration" in resources
+    assert not [r for r in resources if "inference_component" in r]
 
 
 def test_the_provider_lock_file_is_committed_not_ignored():
@@ -75,6 +98,36 @@ def test_inference_ami_versions_are_sagemakers_gpu_amis():
     default = re.search(r'default\s*=\s*"([^"]+)"', block).group(1)
     assert allowed and allowed <= documented and "neuron" not in " ".join(allowed)
     assert default == "al2-ami-sagemaker-inference-gpu-3-1"  # driver 550, CUDA 12.4
+    # ...and those the pinned provider accepts: it validates against its own SDK's enum, older
+    # than botocore's (al2023-ami-sagemaker-inference-gpu-4-1 fails its plan).
+    assert allowed <= PROVIDER_INFERENCE_AMIS, allowed - PROVIDER_INFERENCE_AMIS
+
+
+def test_the_provider_enum_of_inference_amis_is_what_the_tests_say():
+    """PROVIDER_INFERENCE_AMIS read from the pinned provider's binary (its SDK's enum values are
+    string constants there), where a local mirror holds it."""
+    mirror = provider_mirror()
+    lock = (INFRA / ".terraform.lock.hcl").read_text()
+    version = re.search(
+        r'provider "registry.terraform.io/hashicorp/aws" \{\s*version\s*=\s*"([^"]+)"', lock
+    )[1]
+    binaries = (
+        sorted(
+            mirror.glob(f"registry.terraform.io/hashicorp/aws/{version}/*/terraform-provider-aws*")
+        )
+        if mirror
+        else []
+    )
+    if not binaries:
+        pytest.skip(f"no local mirror of hashicorp/aws {version} to read")
+    text = binaries[0].read_bytes()
+    found = set(
+        re.findall(rb"al2[0-9]*-ami-sagemaker-inference-(?:gpu|neuron)-[0-9](?:-[0-9])?", text)
+    )
+    # Constants sit end to end in the binary: "...gpu-2-1al2-ami..." reads as gpu-2-1 here.
+    assert {f.decode() for f in found} == PROVIDER_INFERENCE_AMIS | {
+        "al2-ami-sagemaker-inference-neuron-2"
+    }
 
 
 @pytest.mark.slow  # a tool run of seconds

@@ -5,7 +5,7 @@ and ``scheduler/`` ``config.json`` on the hub; the same architecture as SD 2.1 a
 written out because the hub is unreachable here. Weights are random, so images are noise, but
 every layer and shape is the real model's: its timing is the real model's timing.
 
-The tokenizer is the tiny byte-level one from ``serve_app.tiny``: CLIP's BPE vocabulary is not
+The tokenizer is the byte-level one from ``serve_app.models.clip``: CLIP's BPE vocabulary is not
 available offline. The text encoder keeps the real vocabulary size (49,408 embeddings) and
 sequence length (77), so its cost is unchanged; token ids simply spell prompts byte by byte.
 """
@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from serve_app.tiny import cache_root, save_once
+from serve_app.models.storage import BUILD_VERSION, cache_root, save_once
 
 FULL_MODEL = "sd-turbo-random"
-FULL_VERSION = "1"
 
 UNET_CONFIG = {
     "sample_size": 64,  # 512 px / VAE scale factor 8
@@ -78,7 +77,6 @@ TEXT_ENCODER_CONFIG = {
     "projection_dim": 1024,
     "num_hidden_layers": 23,
     "num_attention_heads": 16,
-    "max_position_embeddings": 77,
     "hidden_act": "gelu",
     "layer_norm_eps": 1e-05,
     "attention_dropout": 0.0,
@@ -104,19 +102,13 @@ def build_components(seed: int = 0, device: str = "cpu") -> dict:
     """The pipeline's components; the networks are built on ``device`` ("meta": no memory)."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    from serve_app.tiny import _byte_level_vocab
+    from serve_app.models import clip
 
     torch.manual_seed(seed)
-    vocab = _byte_level_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    text_config = CLIPTextConfig(
-        **TEXT_ENCODER_CONFIG,
-        bos_token_id=vocab["<|startoftext|>"],
-        eos_token_id=vocab["<|endoftext|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
+    tokenizer = clip.build_tokenizer()
+    text_config = clip.text_config(tokenizer, **TEXT_ENCODER_CONFIG)
     with torch.device(device):
         networks = {
             "unet": UNet2DConditionModel(**UNET_CONFIG),
@@ -156,4 +148,4 @@ def ensure_full_model() -> Path:
     def build():
         return build_full_pipeline(dtype=torch.float16)
 
-    return save_once(cache_root() / f"{FULL_MODEL}-v{FULL_VERSION}", build, "model_index.json")
+    return save_once(cache_root() / f"{FULL_MODEL}-v{BUILD_VERSION}", build, "model_index.json")

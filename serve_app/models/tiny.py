@@ -7,33 +7,13 @@ shapes, dtypes, batching and timings behave like the real model at small scale.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
+
+from serve_app.models.storage import BUILD_VERSION, cache_root, save_once
 
 TINY_MODEL = "tiny"
 # AutoencoderTiny's default config is TAESD's (madebyollin/taesd): the real decoder's shape.
 TAESD_RANDOM = "taesd-random"
-# Bump when the architecture below changes, so a cached copy is rebuilt.
-TINY_VERSION = "1"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SDTURBO_CACHE") or Path.home() / ".cache" / "sdturbo")
-
-
-def default_cache_dir() -> Path:
-    return cache_root() / f"tiny-v{TINY_VERSION}"
-
-
-def _byte_level_vocab() -> dict[str, int]:
-    # CLIP's tokenizer is byte-level BPE: every byte has a printable stand-in, alone and as a
-    # word end ("</w>"). With no merges every word is spelled out byte by byte.
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    chars = sorted(ByteLevel.alphabet())
-    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(c + "</w>" for c in chars)]
-    return {token: i for i, token in enumerate(tokens)}
 
 
 def build_tiny_pipeline(seed: int = 0):
@@ -45,22 +25,19 @@ def build_tiny_pipeline(seed: int = 0):
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
+
+    from serve_app.models import clip
 
     torch.manual_seed(seed)
-    vocab = _byte_level_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    tokenizer = clip.build_tokenizer()
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(vocab),
+        clip.text_config(
+            tokenizer,
             hidden_size=32,
             intermediate_size=37,
             num_hidden_layers=2,
             num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
         )
     )
     unet = UNet2DConditionModel(
@@ -108,26 +85,10 @@ def build_tiny_pipeline(seed: int = 0):
     )
 
 
-def save_once(folder: Path, build, marker: str = "config.json") -> Path:
-    """Build and ``save_pretrained`` into folder once; concurrent callers never see half of it."""
-    if (folder / marker).is_file():
-        return folder
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    build().save_pretrained(staging)
-    (staging / "SDTURBO_BUILT.json").write_text(json.dumps({"version": TINY_VERSION}))
-    try:
-        staging.rename(folder)  # atomic
-    except OSError:
-        if not (folder / marker).is_file():
-            raise
-    return folder
-
-
 def ensure_tiny_model(folder: Path | None = None) -> Path:
     """Build and save the tiny model once; return the folder ``from_pretrained`` loads."""
-    return save_once(
-        Path(folder) if folder else default_cache_dir(), build_tiny_pipeline, "model_index.json"
-    )
+    folder = Path(folder) if folder else cache_root() / f"tiny-v{BUILD_VERSION}"
+    return save_once(folder, build_tiny_pipeline, "model_index.json")
 
 
 def build_taesd_random(seed: int = 0):
@@ -140,4 +101,4 @@ def build_taesd_random(seed: int = 0):
 
 
 def ensure_taesd_random() -> Path:
-    return save_once(cache_root() / f"taesd-random-v{TINY_VERSION}", build_taesd_random)
+    return save_once(cache_root() / f"taesd-random-v{BUILD_VERSION}", build_taesd_random)

@@ -17,84 +17,24 @@ docs, "Compile Time Caching"). Anything else is one log line and a normal compil
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
-import platform
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from serve_app.config import MANIFEST_NAME, CompileSettings
+from serve_app.pipeline import toolchain
 
 logger = logging.getLogger("sdturbo")
 
 CACHE_NAME = "compile_cache.bin"
 KERNELS_NAME = "inductor_cache"
 MANIFEST_VERSION = 1
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def device_name(device: torch.device) -> str | None:
-    if device.type == "cuda":
-        # None when an artifact for a GPU is written on a machine without one (no compile).
-        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else None
-    return _cpu_model() or platform.processor() or platform.machine()
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
-def environment(device: torch.device) -> dict:
-    """What compiled code depends on, as recorded in a manifest and compared at start-up."""
-    env = {
-        "torch": torch.__version__,
-        "triton": _version("triton") or _version("pytorch-triton"),
-        "diffusers": _version("diffusers"),
-        "sdturbo": _version("sdturbo"),
-        "python": platform.python_version(),
-        "device_kind": device.type,
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-    }
-    if device.type == "cuda" and torch.cuda.is_available():
-        major, minor = torch.cuda.get_device_capability(device)
-        env["cuda_capability"] = f"{major}.{minor}"
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-# What Inductor's FX-graph cache key depends on (torch ``_inductor/codecache.py``: the torch and
-# triton versions, and on CUDA the device's name, compute capability and CUDA version): any
-# mismatch and every graph would miss and compile anew, so say so and do not load. An H100 PCIe
-# artifact on an H100 SXM misses.
-MUST_MATCH = ("torch", "triton", "device_kind")
-MUST_MATCH_CUDA = ("device_name", "cuda_capability", "cuda")
-
-
-def mismatch(manifest: dict, here: dict) -> str | None:
-    """Why a manifest's compile cache cannot be used here, or None if it can."""
-    built = manifest.get("environment", {})
-    keys = MUST_MATCH + (MUST_MATCH_CUDA if here.get("device_kind") == "cuda" else ())
-    for key in keys:
-        if built.get(key) != here.get(key):
-            return f"{key} differs (artifact: {built.get(key)}, here: {here.get(key)})"
-    return None
 
 
 def read_manifest(folder: str | Path) -> dict | None:
@@ -111,6 +51,28 @@ def read_manifest_quietly(folder: str | Path) -> dict | None:
         return None
 
 
+OWNER = "_SDTURBO_INDUCTOR_CACHE_OWNER"
+
+
+def use_private_inductor_cache() -> Path:
+    """Give this process an Inductor cache folder of its own, unless the user chose one.
+
+    Processes sharing one (Inductor's default, per user in /tmp: every replica on a host, a
+    build, a test run) rewrite each other's kernel libraries while the others have them loaded,
+    and a shared object whose file changes under a process crashes it. The artifact brings the
+    kernels a replica needs, so nothing worth sharing is lost. A folder inherited from the
+    process that started this one (Ray workers inherit its environment) is not the user's."""
+    owner = os.environ.get(OWNER)
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and (owner is None or owner == str(os.getpid())):
+        return Path(chosen)
+    folder = tempfile.mkdtemp(prefix=f"torchinductor-{os.getpid()}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ[OWNER] = str(os.getpid())
+    return Path(folder)
+
+
 def inductor_cache_dir() -> Path:
     """Where Inductor keeps its cache in this process ($TORCHINDUCTOR_CACHE_DIR or its default)."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir
@@ -119,10 +81,24 @@ def inductor_cache_dir() -> Path:
 
 
 def install_kernels(source: Path) -> int:
-    """Copy a shipped Inductor cache folder into this process's (the artifact may be read-only)."""
+    """Copy a shipped Inductor cache folder into this process's (the artifact may be read-only).
+
+    Files already there are kept: a kernel library this process has loaded (the compile smoke
+    test's, which every build ships too) must never be overwritten in place; a loaded shared
+    object whose file changes under it crashes the process. Names are content hashes, so an
+    existing file is the same kernel."""
     if not source.is_dir():
         return 0
-    shutil.copytree(source, inductor_cache_dir(), dirs_exist_ok=True)
+    target = inductor_cache_dir()
+    for path in source.rglob("*"):
+        destination = target / path.relative_to(source)
+        if path.is_dir():
+            destination.mkdir(parents=True, exist_ok=True)
+        elif not destination.exists():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            partial = destination.with_name(f".{destination.name}.partial")
+            shutil.copy2(path, partial)
+            partial.replace(destination)  # atomic: no reader ever sees half a library
     return sum(1 for path in source.rglob("*.so"))
 
 
@@ -140,33 +116,46 @@ def settings_differences(manifest: dict, wanted: dict) -> list[str]:
     ]
 
 
-def load(folder: str | Path, device: torch.device, wanted: dict | None = None) -> tuple[bool, str]:
-    """Load the folder's compile cache if its manifest matches this machine.
-
-    ``wanted``: the server's settings, to say which differ from the build's. Returns
-    (loaded, reason): the reason is the one log line saying what happened and why.
-    """
-    folder = Path(folder)
+def _find(folder: Path) -> tuple[dict, Path] | str:
+    """The folder's manifest and cache file, or why there is none."""
     if not folder.is_dir():
-        return False, f"no compile cache: {folder} is not a local folder"
+        return f"no compile cache: {folder} is not a local folder"
     try:
         manifest = read_manifest(folder)
     except (OSError, ValueError) as exc:
-        return False, f"no compile cache: unreadable {MANIFEST_NAME} ({exc})"
+        return f"no compile cache: unreadable {MANIFEST_NAME} ({exc})"
     if manifest is None:
-        return False, f"no compile cache: {folder} holds no {MANIFEST_NAME}"
+        return f"no compile cache: {folder} holds no {MANIFEST_NAME}"
     cache_file = folder / manifest.get("compile_cache", {}).get("file", CACHE_NAME)
     if not cache_file.is_file():
-        return False, f"no compile cache: the manifest lists none, or {cache_file.name} is missing"
-    reason = mismatch(manifest, environment(device))
+        return f"no compile cache: the manifest lists none, or {cache_file.name} is missing"
+    return manifest, cache_file
+
+
+def load(
+    folder: str | Path, device: torch.device, wanted: dict | None = None, inductor=None
+) -> tuple[bool, str]:
+    """Load the folder's compile cache if its manifest matches this machine.
+
+    ``wanted``: the server's settings, to say which differ from the build's; ``inductor``: its
+    Inductor configuration. Returns (loaded, reason): the reason is the one log line saying
+    what happened and why.
+    """
+    folder = Path(folder)
+    found = _find(folder)
+    if isinstance(found, str):
+        return False, found
+    manifest, cache_file = found
+    built, here = manifest.get("environment", {}), toolchain.environment(device, inductor)
+    reason = toolchain.blocking_difference(built, here)
     if reason is not None:
-        return False, f"compile cache not used, compiling instead: {reason}"
+        return False, f"compile cache not usable here: {reason}"
     try:
         info = torch.compiler.load_cache_artifacts(cache_file.read_bytes())
     except Exception as exc:  # a corrupt or foreign cache must not stop the server
-        return False, f"compile cache not used, compiling instead: loading failed ({exc!r})"
+        return False, f"compile cache not usable: loading failed ({exc!r})"
     if info is None:  # torch logs why (e.g. a checksum mismatch) and loads nothing
-        return False, "compile cache not used, compiling instead: loading failed (see above)"
+        return False, "compile cache not usable: loading failed (see above)"
     count = sum(len(keys) for keys in info.artifacts.values())
     try:
         kernels = install_kernels(folder / KERNELS_NAME)
@@ -177,6 +166,9 @@ def load(folder: str | Path, device: torch.device, wanted: dict | None = None) -
     differences = settings_differences(manifest, wanted or {})
     if differences:
         message += "; this server differs from the build in " + ", ".join(differences)
+    reported = toolchain.reported_differences(built, here)
+    if reported:
+        logger.warning("compile cache built elsewhere: %s differ", "; ".join(reported))
     return True, message
 
 
