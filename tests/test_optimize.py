@@ -25,6 +25,7 @@ from serve_app.pipeline.generate import Generator
 from serve_app.pipeline.startup import prepare
 from tests.conftest import COMPILED, deploy_app
 from tests.test_generate import assert_close_pixels
+from tests.test_image_to_image import encoded, sketch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -386,11 +387,12 @@ def test_server_starts_from_the_extracted_artifact_and_returns_an_image(
 @pytest.mark.integration
 def test_no_request_ever_compiles(artifact_server, server):
     """Sizes outside the compiled set run on the uncompiled modules, in about eager time: each
-    against the same size on the shared server (the tiny model, never compiled), same run."""
+    against the same size on the shared server (the tiny model, never compiled), same run;
+    text-to-image and image-to-image."""
 
-    def timed(target, width: int, height: int) -> float:
+    def timed(target, width: int, height: int, **fields) -> float:
         start = time.perf_counter()
-        response = target.predict(width=width, height=height, seed=1)
+        response = target.predict(width=width, height=height, seed=1, **fields)
         assert response.status_code == 200, (width, height, response.text)
         return time.perf_counter() - start
 
@@ -401,6 +403,14 @@ def test_no_request_ever_compiles(artifact_server, server):
         eager_s.append(timed(server, *size))
     guided = artifact_server.predict(width=64, height=64, guidance_scale=2.0)
     assert guided.status_code == 200  # guidance doubles the UNet batch: not compiled either
+    # Image-to-image at the compiled size (the VAE encoder warmed with the decoder) and at
+    # sizes outside it, each strength a different start in the schedule.
+    image = encoded(sketch(64, 64))
+    for size in [(64, 64), (72, 64), (80, 96)]:
+        for steps, strength in [(2, 0.5), (4, 0.75), (1, 1.0)]:
+            fields = {"image": image, "strength": strength, "num_inference_steps": steps}
+            artifact_s.append(timed(artifact_server, *size, **fields))
+            eager_s.append(timed(server, *size, **fields))
     # Compiling one shape takes tens of seconds here, an order of magnitude more than all 20
     # eager requests: one compile alone would break the ratio, a scheduling hiccup would not.
     assert sum(artifact_s) < 10 * sum(eager_s), (artifact_s, eager_s)

@@ -93,13 +93,17 @@ def run_to_exit(argv: list[str], env: dict, timeout_s: float) -> tuple[int, list
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_sdturbo_serve_with_an_unreachable_hub_exits_with_one_line(tmp_path):
-    with closed_port() as hub, reserved_port() as port:
-        env = own_cluster_environment({**unreachable_hub(tmp_path, hub), "SDTURBO_DEVICE": "cpu"})
-        argv = [shutil.which("sdturbo"), "serve", "--model", "stabilityai/sd-turbo"]
-        code, lines, took = run_to_exit([*argv, "--port", str(port)], env, timeout_s=240)
+def test_the_readmes_serve_run_with_an_unreachable_hub_exits_with_one_line(tmp_path):
+    """The issue's case: `serve run serve_app:app` for the real model, no hub. Once a replica
+    retried downloads, then Serve restarted it again and again; now one start, one line."""
+    with closed_port() as hub:
+        env = own_cluster_environment(unreachable_hub(tmp_path, hub))
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        argv = [shutil.which("serve"), "run", "serve_app:app", "device=cpu"]
+        with reserved_port(range(8000, 8001), wait=True):  # `serve run`'s port
+            code, lines, took = run_to_exit(argv, env, timeout_s=240)
     assert code == 1, lines[-20:]
-    assert lines[-1].startswith("sdturbo serve: error: the model failed to start: cannot "), lines
+    assert lines[-1].startswith("sdturbo: error: the model failed to start: cannot "), lines
     assert f"the Hugging Face hub ({env['HF_ENDPOINT']}) is unreachable" in lines[-1]
     assert "HF_HUB_OFFLINE=1" in lines[-1] and "model=tiny" in lines[-1]
     assert not any("Traceback" in line for line in lines)
@@ -108,16 +112,17 @@ def test_sdturbo_serve_with_an_unreachable_hub_exits_with_one_line(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_serve_run_on_a_corrupt_folder_exits_non_zero_with_one_line(tmp_path, tiny_model_dir):
+def test_sdturbo_serve_on_a_corrupt_folder_exits_non_zero_with_one_line(tmp_path, tiny_model_dir):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     weights = next((folder / "vae").glob("*.safetensors"))
     weights.write_bytes(b"not a safetensors file")
-    env = own_cluster_environment()
-    argv = [shutil.which("serve"), "run", "serve_app:app", f"model={folder}", "device=cpu"]
-    with reserved_port(range(8000, 8001), wait=True):  # `serve run`'s port
+    env = own_cluster_environment({**os.environ, "SDTURBO_DEVICE": "cpu"})
+    with reserved_port() as port:
+        argv = [shutil.which("sdturbo"), "serve", "--model", str(folder), "--port", str(port)]
         code, lines, took = run_to_exit(argv, env, timeout_s=240)
     assert code == 1, lines[-20:]
-    assert lines[-1].startswith("sdturbo: error: the model failed to start: the weights of")
+    assert lines[-1].startswith("sdturbo serve: error: the model failed to start: the weights of")
     assert "truncated or corrupt" in lines[-1]
+    assert not any("Traceback" in line for line in lines)
     assert took < 180

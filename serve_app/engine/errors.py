@@ -1,5 +1,5 @@
 """Why the engine did not complete a request: one exception type per fault. The HTTP edge maps
-each type once to a status and an error type (``serve_app/http/errors.py``)."""
+each type once to a status and an error type (``serve_app/api/errors.py``)."""
 
 from __future__ import annotations
 

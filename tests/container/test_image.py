@@ -211,6 +211,9 @@ def compiled_artifact(image, tmp_path_factory) -> Path:
         image, "-m", "optimize", "build", "--model", "tiny", "--device", "cpu",
         "--output", "/out/model", "--compile", "--compile-mode", "default",
         "--warmup-sizes", "64", "--batch-buckets", "1",
+        # The UNet step only: what the image must show (a cache that fits it) in a third of
+        # the compile time; tests/test_optimize.py covers every compiled part on the host.
+        "--no-compile-vae-decoder", "--no-compile-text-encoder", "--no-image-to-image",
         timeout=900,
     )  # fmt: skip
     (out / "model").chmod(0o755)  # the serving container reads it as root, whatever the umask
@@ -401,13 +404,10 @@ def test_compile_cache_artifact_is_unhealthy_until_warm_then_serves(compiled_ser
     response = compiled_server.invoke(json=REQUEST, headers={"Accept": "image/png"})
     assert response.status_code == 200, response.text
     assert response.content.startswith(PNG)
-    # The image sets SDTURBO_COMPILE_CACHE_MISS=eager: a cache built on this host either fits
-    # (compiled) or the replica serves uncompiled at once and /ping says why; never a compile
-    # inside the health-check window.
+    # Built in the image, the cache fits it: compiled, no fallback (the image sets
+    # SDTURBO_COMPILE_CACHE_MISS=eager, so a cache that did not fit would say "fallback").
     compile = requests.get(compiled_server.url + "/ping", timeout=5).json()["compile"]
-    assert compile["state"] in ("compiled", "fallback"), compile
-    if compile["state"] == "fallback":
-        assert compile["detail"], compile
+    assert compile["state"] == "compiled", compile
     print(
         f"compile-cache artifact: container start to /ping 200 in "
         f"{compiled_server.healthy_after_s:.1f} s; compile {compile}"
