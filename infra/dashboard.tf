@@ -10,20 +10,21 @@ locals {
   # Every metric the serving code emits (EMF), by name and unit. tests/infra checks that the
   # dashboard names nothing else besides SageMaker's own metrics.
   server_metrics = {
-    QueueWait         = "Milliseconds"
-    BatchSize         = "Count"
-    BatchFill         = "None" # 0..1: batch size / max_batch_size
-    TextEncoderTime   = "Milliseconds"
-    UNetTime          = "Milliseconds"
-    VaeDecodeTime     = "Milliseconds"
-    EncodeTime        = "Milliseconds"
-    RequestsShed      = "Count"
-    Requests          = "Count"
-    PromptCacheHits   = "Count"
-    PromptCacheMisses = "Count"
-    CompileFallbacks  = "Count"
-    GpuMemoryUsed     = "Bytes"
-    QueueLength       = "Count"
+    QueueWait              = "Milliseconds"
+    BatchSize              = "Count"
+    BatchFill              = "None" # 0..1: batch size / max_batch_size
+    TextEncoderTime        = "Milliseconds"
+    UNetTime               = "Milliseconds"
+    VaeDecodeTime          = "Milliseconds"
+    EncodeTime             = "Milliseconds"
+    RequestsShed           = "Count"
+    Requests               = "Count"
+    PromptCacheHits        = "Count"
+    PromptCacheMisses      = "Count"
+    CompileFallbacks       = "Count"
+    CompileCacheMismatches = "Count"
+    GpuMemoryUsed          = "Bytes"
+    QueueLength            = "Count"
   }
 
   dashboard_period = 60
@@ -74,8 +75,8 @@ locals {
           metrics = [for name in ["TextEncoderTime", "UNetTime", "VaeDecodeTime", "EncodeTime"] : local.server_metric[kind]["p90"][name]]
         },
         {
-          title   = "Prompt cache and compile fallbacks"
-          metrics = [for name in ["PromptCacheHits", "PromptCacheMisses", "CompileFallbacks"] : local.server_metric[kind]["Sum"][name]]
+          title   = "Prompt cache, compile fallbacks and compile-cache mismatches"
+          metrics = [for name in ["PromptCacheHits", "PromptCacheMisses", "CompileFallbacks", "CompileCacheMismatches"] : local.server_metric[kind]["Sum"][name]]
         },
         {
           title   = "GPU memory in use, bytes"

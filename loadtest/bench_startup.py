@@ -61,6 +61,7 @@ def start(settings: dict) -> dict:
         **prepared.timings,
         "first_image_s": time.perf_counter() - first,
         "fxgraph_cache": prepared.cache,
+        "cache_mismatches": prepared.cache_mismatches,
         "dynamo_phases_s": {name: round(s, 2) for name, s in calculate_time_spent().items()},
     }
 

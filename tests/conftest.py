@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 # (``built_once``). Groups are queued longest first (LONGEST, from `pytest --durations`), so
 # no long group starts last while the other worker idles.
 RAY_MODULES = {"test_cli.py", "test_startup_failures.py", "test_metrics.py"}
-LONGEST = ["ray", "deployment", "tests/container/test_image.py", "tests/test_optimize.py"]
+LONGEST = ["ray", "deployment", "tests/test_optimize.py", "tests/container/test_image.py"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which turns the groups into node ids
@@ -57,8 +57,17 @@ def pytest_collection_modifyitems(config, items):
     groups = {item: group(item) for item in items}
     for item, name in groups.items():
         item.add_marker(pytest.mark.xdist_group(name))
-    # Stable: collection order within a group and among the short ones.
-    items.sort(key=lambda item: LONGEST.index(groups[item]) if groups[item] in LONGEST else 99)
+
+    # Stable: collection order within a group and among the short ones. In the Ray group the
+    # tests on the compiled artifact come last: by then another worker has built it (its
+    # module's group is queued early), so the Ray worker never waits for the build.
+    def order(item) -> tuple[int, bool]:
+        name = groups[item]
+        return LONGEST.index(name) if name in LONGEST else 99, "compiled_artifact" in (
+            item.fixturenames
+        )
+
+    items.sort(key=order)
 
 
 def built_once(tmp_path_factory, worker_id: str, name: str, build) -> Path:
@@ -122,6 +131,33 @@ def tiny_pipe(tiny_model_dir):
 
     device = loading.resolve_device("cpu")
     return loading.load_pipeline(str(tiny_model_dir), device, loading.resolve_dtype("auto", device))
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """The AWS API for the client's and the artifact upload's tests: moto's server in a thread
+    of this process, on a port the kernel picks. (tests/infra runs moto as terraform's, in its
+    own process with a shim for what moto lacks: tests/infra/conftest.py.)"""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        yield "http://{}:{}".format(*server.get_host_and_port())
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch) -> None:
+    """Credentials moto accepts, and no profile of this machine's."""
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
 def fake_engine(timeout_s: float = 30, config: BatchConfig | None = None, **backend) -> Engine:

@@ -215,28 +215,8 @@ class TestLocalServer:
 # --- AWS through a moto server ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def moto_url():
-    """moto's server in a thread of this process, on a port the kernel picks."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        yield "http://{}:{}".format(*server.get_host_and_port())
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def aws(moto_url, monkeypatch):
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def aws(moto_url, aws_credentials):
     runtime, s3 = client.aws_clients("us-east-1", moto_url, 30)
     return moto_url, runtime, s3
 

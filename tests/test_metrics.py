@@ -136,7 +136,8 @@ AGREED_WITH_THE_DASHBOARD = {
     "TextEncoderTime": "Milliseconds", "UNetTime": "Milliseconds",
     "VaeDecodeTime": "Milliseconds", "EncodeTime": "Milliseconds", "RequestsShed": "Count",
     "Requests": "Count", "PromptCacheHits": "Count", "PromptCacheMisses": "Count",
-    "CompileFallbacks": "Count", "GpuMemoryUsed": "Bytes", "QueueLength": "Count",
+    "CompileFallbacks": "Count", "CompileCacheMismatches": "Count", "GpuMemoryUsed": "Bytes",
+    "QueueLength": "Count",
 }  # fmt: skip
 
 
@@ -178,7 +179,7 @@ def test_emf_line_holds_an_interval_of_figures_with_the_dashboards_names():
     )
     assert event["EncodeTime"] == [2.0, 2.5] and event["QueueLength"] == [3]
     assert (event["PromptCacheHits"], event["PromptCacheMisses"]) == (4, 1)
-    assert event["CompileFallbacks"] == 0
+    assert event["CompileFallbacks"] == 0 and event["CompileCacheMismatches"] == 0
     assert "GpuMemoryUsed" not in units  # no GPU: no values, no definition
 
 
@@ -361,10 +362,16 @@ class Statuses:
 
 
 def test_the_sampler_turns_running_totals_into_increments():
+    def status(state: str, mismatches: int, hits: int, misses: int) -> dict:
+        return {
+            "compile": {"state": state, "cache_mismatches": mismatches},
+            "prompt_cache": {"hits": hits, "misses": misses},
+        }
+
     engine = Statuses(
-        {"compile": {"state": "compiled"}, "prompt_cache": {"hits": 5, "misses": 2}},
-        {"compile": {"state": "fallback"}, "prompt_cache": {"hits": 9, "misses": 2}},
-        {"compile": {"state": "fallback"}, "prompt_cache": {"hits": 1, "misses": 0}},  # reload
+        status("compiled", 0, 5, 2),
+        status("fallback", 3, 9, 2),
+        status("fallback", 3, 1, 0),  # the prompt cache rebuilt by a reload
     )
     sampler = Sampler(engine, Recorder(), gpu_memory=lambda: 1024)
     first, second, third = sampler.sample(), sampler.sample(), sampler.sample()
@@ -372,6 +379,7 @@ def test_the_sampler_turns_running_totals_into_increments():
     assert (second.prompt_cache_hits, second.prompt_cache_misses) == (4, 0)
     assert (third.prompt_cache_hits, third.prompt_cache_misses) == (1, 0)
     assert [s.compile_fallbacks for s in (first, second, third)] == [0, 1, 0]
+    assert [s.compile_cache_mismatches for s in (first, second, third)] == [0, 3, 0]
     assert (first.queue_length, first.queued_images, first.gpu_memory_bytes) == (2, 3, 1024)
 
 
@@ -513,6 +521,7 @@ def test_the_tiny_model_reports_its_stages_and_prompt_cache(server):
     )
     assert value(samples, "ray_sdturbo_prompt_cache_misses_total") >= 1
     assert value(samples, "ray_sdturbo_compile_fallbacks_total") == 0
+    assert value(samples, "ray_sdturbo_compile_cache_mismatches_total") == 0
     one_ms = value(samples, "ray_sdturbo_stage_ms_bucket", stage="unet", le="1.0")
     assert one_ms <= value(samples, "ray_sdturbo_stage_ms_bucket", stage="unet", le="2000.0")
 

@@ -284,23 +284,12 @@ def test_cli_help_lists_the_build_options():
 
 
 @pytest.fixture
-def s3(monkeypatch):
+def s3(moto_url, aws_credentials):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    endpoint = "http://{}:{}".format(*server.get_host_and_port())
-    client = boto3.client("s3", endpoint_url=endpoint)
+    client = boto3.client("s3", endpoint_url=moto_url)
     client.create_bucket(Bucket="models")
-    yield endpoint, client
-    server.stop()
+    return moto_url, client
 
 
 @pytest.mark.integration
@@ -357,6 +346,7 @@ def test_a_fresh_process_starts_from_the_cache_without_compiling_anew(compiled_a
     assert result["compile"] == "compiled"
     assert result["fxgraph_cache"]["hits"] >= 3
     assert result["fxgraph_cache"]["misses"] == 0
+    assert result["cache_mismatches"] == 0  # the metric's source: a loaded cache, no misses
     # The compiled fast path draws what the eager path does (tolerance: tests/test_generate).
     pipe = loading.load_pipeline(str(compiled_artifact), torch.device("cpu"), torch.float32)
     eager = Generator(pipe)(ImageBatch(["a cat"], [""], [1], 64, 64, 1, 0.0)).images[0]

@@ -34,6 +34,7 @@ class Sample:
     prompt_cache_hits: int = 0
     prompt_cache_misses: int = 0
     compile_fallbacks: int = 0
+    compile_cache_mismatches: int = 0
     gpu_memory_bytes: int | None = None  # None: no GPU in use
 
 
@@ -113,6 +114,7 @@ class Sampler:
         self.period_s = period_s
         self._hits = self._misses = 0
         self._fell_back = False
+        self._mismatches = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -125,14 +127,19 @@ class Sampler:
         new_hits = hits - self._hits if hits >= self._hits else hits
         new_misses = misses - self._misses if misses >= self._misses else misses
         self._hits, self._misses = hits, misses
-        fell_back = status.get("compile", {}).get("state") == "fallback"
+        compile = status.get("compile", {})
+        fell_back = compile.get("state") == "fallback"
         fallbacks = int(fell_back and not self._fell_back)
         self._fell_back = fell_back
+        # A running total over the replica's start-ups: count what is new since the last sample.
+        mismatches = compile.get("cache_mismatches", 0) - self._mismatches
+        self._mismatches += mismatches
         return Sample(
             **state,
             prompt_cache_hits=new_hits,
             prompt_cache_misses=new_misses,
             compile_fallbacks=fallbacks,
+            compile_cache_mismatches=mismatches,
             gpu_memory_bytes=self.gpu_memory(),
         )
 

@@ -7,8 +7,9 @@ only when a distribution already holds 100 values, EMF's limit per metric in one
 (CloudWatch_Embedded_Metric_Format_Specification: "arrays ... up to 100 values"). Distributions
 (QueueWait, BatchSize, BatchFill, the stage times) are the raw values, so CloudWatch's
 percentiles (the dashboard's p50/p90/p99, the QueueWait alarm's p90) are exact; EMF has no
-statistic sets. Counts (Requests, RequestsShed, PromptCacheHits/Misses, CompileFallbacks) are
-one sum per line, 0 included, so an idle interval reads as zero rather than missing data.
+statistic sets. Counts (Requests, RequestsShed, PromptCacheHits/Misses, CompileFallbacks,
+CompileCacheMismatches) are one sum per line, 0 included, so an idle interval reads as zero
+rather than missing data.
 Gauges (QueueLength, GpuMemoryUsed) are the interval's samples, one a second.
 """
 
@@ -46,8 +47,16 @@ UNITS = {
     "PromptCacheHits": "Count",
     "PromptCacheMisses": "Count",
     "CompileFallbacks": "Count",
+    "CompileCacheMismatches": "Count",
 }
-COUNTS = ("Requests", "RequestsShed", "PromptCacheHits", "PromptCacheMisses", "CompileFallbacks")
+COUNTS = (
+    "Requests",
+    "RequestsShed",
+    "PromptCacheHits",
+    "PromptCacheMisses",
+    "CompileFallbacks",
+    "CompileCacheMismatches",
+)
 STAGE_METRICS = {
     "text_encoder": "TextEncoderTime",
     "unet": "UNetTime",
@@ -142,6 +151,7 @@ class EmfRecorder(Recorder):
             self._values["PromptCacheHits"] += sample.prompt_cache_hits
             self._values["PromptCacheMisses"] += sample.prompt_cache_misses
             self._values["CompileFallbacks"] += sample.compile_fallbacks
+            self._values["CompileCacheMismatches"] += sample.compile_cache_mismatches
 
     # --- writing ---------------------------------------------------------------------------
 

@@ -109,6 +109,11 @@ class PrometheusRecorder(Recorder):
             description="Replicas that fell back to uncompiled modules (no fitting compile "
             "cache, or compilation failed): /ping's compile.state 'fallback'.",
         )
+        self.compile_cache_mismatches = metrics.Counter(
+            "sdturbo_compile_cache_mismatches",
+            description="Graphs a loaded compile cache did not hold, so compiled at start-up "
+            "(a cache built for other settings, or another GPU, driver or software version).",
+        )
         self.gpu_memory = metrics.Gauge(
             "sdturbo_gpu_memory_bytes",
             description="GPU memory held by tensors (torch.cuda.memory_allocated).",
@@ -151,5 +156,7 @@ class PrometheusRecorder(Recorder):
             self.cache_misses.inc(sample.prompt_cache_misses)
         if sample.compile_fallbacks:
             self.compile_fallbacks.inc(sample.compile_fallbacks)
+        if sample.compile_cache_mismatches:
+            self.compile_cache_mismatches.inc(sample.compile_cache_mismatches)
         if sample.gpu_memory_bytes is not None:
             self.gpu_memory.set(sample.gpu_memory_bytes)

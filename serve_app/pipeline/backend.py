@@ -24,11 +24,13 @@ class DiffusersBackend:
     def __init__(self, settings: ModelSettings):
         self.settings = settings
         self.prepared: Prepared | None = None
+        self.cache_mismatches = 0  # over every start-up of this replica (a running total)
 
     def load(self) -> dict[str, float]:
         resolve_device(self.settings.device)
         resolve_model_path(self.settings.model)
         self.prepared = prepare(self.settings)
+        self.cache_mismatches += self.prepared.cache_mismatches
         self.token_limit = self.prepared.pipe.tokenizer.model_max_length
         return self.prepared.timings
 
@@ -74,6 +76,10 @@ class DiffusersBackend:
             return {"compile": {"state": "pending" if self.settings.compile else "off"}}
         status = self.prepared.compile_status
         return {
-            "compile": {"state": status.state, "detail": status.detail},
+            "compile": {
+                "state": status.state,
+                "detail": status.detail,
+                "cache_mismatches": self.cache_mismatches,
+            },
             "prompt_cache": self.prepared.generator.cache.describe(),
         }

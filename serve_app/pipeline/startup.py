@@ -44,7 +44,15 @@ class Prepared:
     generator: Generator
     compile_status: CompileStatus
     timings: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, int] = field(default_factory=dict)
+    cache: dict[str, int] = field(default_factory=dict)  # FX-graph cache hits/misses in warm-up
+    cache_loaded: bool = False  # an artifact's compile cache was loaded
+
+    @property
+    def cache_mismatches(self) -> int:
+        """Graphs a loaded compile cache did not hold, so compiled at start-up: the cache was
+        built for other settings, or another GPU, driver or software version (0 without a
+        loaded cache: compiling then is expected)."""
+        return self.cache.get("misses", 0) if self.cache_loaded else 0
 
     @property
     def pipe(self):
@@ -109,7 +117,7 @@ def prepare(settings: ModelSettings, log: logging.Logger = logger) -> Prepared:
     )
     if status.state == "compiled":
         log.info("start-up: FX-graph cache %d hits, %d misses", cache["hits"], cache["misses"])
-    return Prepared(generator, status, timings, cache)
+    return Prepared(generator, status, timings, cache, loaded)
 
 
 def _compile_plan(settings: ModelSettings, device: torch.device, log) -> tuple[CompileStatus, bool]:

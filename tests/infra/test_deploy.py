@@ -786,7 +786,7 @@ def test_autoscaling_wakes_from_zero_and_a_tarball_artifact_plans(deployment, ou
 SERVER_METRICS = {
     "QueueWait", "BatchSize", "BatchFill", "TextEncoderTime", "UNetTime", "VaeDecodeTime",
     "EncodeTime", "RequestsShed", "Requests", "PromptCacheHits", "PromptCacheMisses",
-    "CompileFallbacks", "GpuMemoryUsed", "QueueLength",
+    "CompileFallbacks", "CompileCacheMismatches", "GpuMemoryUsed", "QueueLength",
 }  # fmt: skip
 # SageMaker's own endpoint metrics in AWS/SageMaker (developer guide, "Amazon SageMaker AI
 # metrics in Amazon CloudWatch": endpoint invocation metrics and asynchronous inference metrics).
