@@ -1,13 +1,16 @@
 """One command that measures the GPU path: the full SD-Turbo architecture, variant by variant.
 
-Each variant runs in a fresh process with an empty Inductor cache, through the server's own code
+Each variant runs in a fresh process, through the server's own code
 (``pipeline.startup.prepare``: load, optimise, compile, capture CUDA graphs and warm up every
 batch bucket; then the ``Generator``, uint8 images on the host, as a replica runs it). It
 reports per-stage times from CUDA events (text encoder, UNet loop, VAE decode, copy to the
 host), p50 and p90 per call at each batch size, images per second, the warm-up (compile and
 capture) time and the FX-graph cache's hit rate. Each row is written to ``--output`` as it
-finishes, and no variant starts after ``--deadline-s``: a run cut short keeps what it measured,
-in the order given. Default model: random weights of the full architecture
+finishes. ``--deadline-s`` is global: no variant starts after it, and one still running then is
+stopped, so a run cut short keeps what it measured, in the order given. Every variant shares
+one Inductor cache, ``--cache-dir`` (default: beside ``--output``), kept after the run: a later
+run given the same folder (on a device, carried back from the last run's results) continues
+instead of compiling again. Default model: random weights of the full architecture
 (``serve_app.models.random_full``), whose timing is the real model's.
 
     python -m loadtest.bench_gpu --output gpu.json
@@ -17,6 +20,9 @@ in the order given. Default model: random weights of the full architecture
     # The serving engine on the GPU (compiled, as a replica runs it): batch fill, the time a
     # lone request spends outside the pipeline call, and requests at uncompiled shapes.
     python -m loadtest.bench_gpu --variants serving --batch-buckets 1,4,8
+    # The app over HTTP as the container runs it (Ray Serve, HAProxy): a lone request end to
+    # end, JSON in and PNG bytes out, and 32 clients.
+    python -m loadtest.bench_gpu --variants serving_http --batch-buckets 1,4,8
 
 Anchors (A100, SD-Turbo 512x512, 1 step): torch.compile ~47 ms/image at batch 1, ~26 images/s at
 batch 4; ORT-TensorRT 36 ms, 33.5 images/s (HF blog on SD-Turbo with ONNX Runtime).
@@ -29,9 +35,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from loadtest.fresh import FreshProcessFailed, run_fresh
 from serve_app.config import parse_int_list, parse_key_value
@@ -46,6 +54,9 @@ VARIANTS: dict[str, dict] = {
     "eager": EAGER,
     "graphs": {**EAGER, "cuda_graphs": True},  # CUDA graphs of the uncompiled modules
     "compile_no_graphs": {**COMPILED, "cuda_graphs": False},
+    # Inductor's default mode against the server's default (max-autotune-no-cudagraphs): the
+    # row that picks the server's default mode.
+    "compile_default": {**COMPILED, "compile_mode": "default"},
     "compile_taesd": {**COMPILED, "vae": "taesd-random"},
     # Image-to-image on the server's GPU path: strength 0.5 at 2 steps (one denoising step).
     "image_to_image": COMPILED,
@@ -64,6 +75,7 @@ VARIANTS: dict[str, dict] = {
 }
 STAGES = ("text_encoder", "unet", "vae_decode", "copy")
 SERVING = "serving"  # not a setting: the compiled engine under load (``serve``)
+HTTP = "serving_http"  # the app through Ray Serve and HAProxy, as the container runs it
 
 
 def measure(job: dict) -> dict:
@@ -229,7 +241,73 @@ def serve(job: dict) -> dict:
         engine.close()
 
 
-def run_variant(variant: str, args: argparse.Namespace, cache: str) -> dict:
+def serve_http(job: dict) -> dict:
+    """In a fresh process: the app as ``sdturbo serve`` and the container run it (Ray Serve,
+    HAProxy, the compiled replica). A lone request end to end, JSON body in and PNG bytes out
+    (``/invocations``, ``Accept: image/png``), then 32 closed-loop clients on ``/predict``."""
+    import requests
+
+    from loadtest import loadgen
+    from serve_app.config import AppArgs
+    from serve_app.ports import reserved_port
+    from serve_app.server import serve_session, wait_until_ready
+
+    size = job["size"]
+    args = AppArgs.model_validate(
+        {
+            "model": job["model"],
+            "device": job["device"],
+            "warmup_sizes": [size],
+            "batch_buckets": job["batch_sizes"],
+            "max_batch_size": max(job["batch_sizes"]),
+            "request_timeout_s": 600,
+            **COMPILED,
+            **job["overrides"],
+        }
+    )
+    body = {"prompt": "a photo of a cat", "width": size, "height": size}
+    with reserved_port() as port, serve_session(args, port=port) as url:
+        started = time.perf_counter()
+        wait_until_ready(url, timeout_s=1800)
+        ready_s = time.perf_counter() - started
+        lone = []
+        with requests.Session() as session:
+            for seed in range(job["iters"] + 1):
+                start = time.perf_counter()
+                response = session.post(
+                    url + "/invocations",
+                    json={**body, "seed": seed},
+                    headers={"Accept": "image/png"},
+                    timeout=600,
+                )
+                lone.append((time.perf_counter() - start) * 1000)
+                assert response.status_code == 200, response.text
+                assert response.content.startswith(b"\x89PNG"), response.headers
+        clients, per_client = 32, max(2, job["iters"] // 2)
+        samples = loadgen.run(
+            loadgen.closed_loop(
+                url + "/predict",
+                lambda c, i: loadgen.payload(size, seed=c * 1000 + i),
+                clients,
+                requests_per_client=per_client,
+                timeout_s=600,
+            )
+        )
+    summary = loadgen.summarize(samples)
+    return {
+        "variant": HTTP,
+        "ready_s": ready_s,
+        "lone_http_ms_p50": statistics.median(lone[1:]),  # the first warms the connection
+        "clients": clients,
+        "statuses": summary["statuses"],
+        "p50_ms": summary["p50_ms"],
+        "mean_batch": summary.get("mean_batch_size"),
+        "max_batch_size": args.max_batch_size,
+        "images_per_s": summary["per_s"],
+    }
+
+
+def run_variant(variant: str, args: argparse.Namespace, cache: Path, timeout_s: float) -> dict:
     job = {
         "variant": variant,
         "model": args.model,
@@ -240,14 +318,34 @@ def run_variant(variant: str, args: argparse.Namespace, cache: str) -> dict:
         "iters": args.iters,
         "overrides": dict(args.set),
     }
-    target = "serve" if variant == SERVING else "measure"
+    target = {SERVING: "serve", HTTP: "serve_http"}.get(variant, "measure")
     try:
         result, _ = run_fresh(
-            f"loadtest.bench_gpu:{target}", job, env={"TORCHINDUCTOR_CACHE_DIR": cache}
+            f"loadtest.bench_gpu:{target}",
+            job,
+            env={"TORCHINDUCTOR_CACHE_DIR": str(cache)},
+            timeout_s=timeout_s,
         )
     except FreshProcessFailed as exc:
         return {"variant": variant, "error": " | ".join(str(exc).splitlines()[-3:])}
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "error": f"stopped at the deadline, after {timeout_s:.0f} s"}
     return result
+
+
+def cache_folder(args: argparse.Namespace) -> Path:
+    """--cache-dir, else beside --output (``gpu.json`` -> ``gpu-inductor-cache``), else a
+    temporary folder that goes with the run."""
+    if args.cache_dir:
+        return Path(args.cache_dir)
+    if args.output:
+        output = Path(args.output)
+        return output.with_name(f"{output.stem}-inductor-cache")
+    return Path(tempfile.mkdtemp(prefix="inductor-gpu-"))
+
+
+def folder_mib(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
 def table(rows: list[dict], batch_sizes: list[int]) -> str:
@@ -262,6 +360,14 @@ def table(rows: list[dict], batch_sizes: list[int]) -> str:
             continue
         if row["variant"] == SERVING:
             lines.append(serving_line(row))
+            continue
+        if row["variant"] == HTTP:
+            lines.append(
+                f"{HTTP:<24}ready in {row['ready_s']:.1f} s; lone request over HTTP (JSON in, "
+                f"PNG out) p50 {row['lone_http_ms_p50']:.1f} ms; {row['clients']} clients: "
+                f"{row['images_per_s']:.1f} img/s, p50 {row['p50_ms']:.0f} ms, mean batch "
+                f"{row['mean_batch'] or 0:.2f} of {row['max_batch_size']}, {row['statuses']}"
+            )
             continue
         batches = {int(n): r for n, r in row["batches"].items()}
         first = batches[min(batches)]
@@ -314,8 +420,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--variants",
-        default="compile,eager,graphs,compile_taesd,serving,image_to_image",
-        help=f"comma-separated, from: {', '.join([*VARIANTS, SERVING])}",
+        default="compile,eager,graphs,compile_taesd,serving_http,serving,image_to_image,"
+        "compile_default",
+        help=f"comma-separated, from: {', '.join([*VARIANTS, SERVING, HTTP])}",
     )
     parser.add_argument(
         "--batch-buckets",
@@ -347,12 +454,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--deadline-s",
         type=float,
         default=540.0,
-        help="start no variant after this many seconds (default: %(default)s, under a 10-minute "
-        "device command); the rows done are kept",
+        help="the whole run's limit: no variant starts after it and one running then is stopped "
+        "(default: %(default)s, under a 10-minute device command); the rows done are kept",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        help="the Inductor cache every variant shares, kept after the run so that the next "
+        "continues from it (default: beside --output)",
     )
     args = parser.parse_args(argv)
     args.variants = [v for v in args.variants.split(",") if v]
-    unknown = set(args.variants) - {*VARIANTS, SERVING}
+    unknown = set(args.variants) - {*VARIANTS, SERVING, HTTP}
     if unknown:
         parser.error(f"unknown variants: {', '.join(sorted(unknown))}")
     return args
@@ -370,21 +482,23 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     rows = []
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="inductor-gpu-") as caches:
-        for variant in args.variants:
-            if time.monotonic() - started > args.deadline_s:
-                print(f"deadline reached: {variant} and after not run", flush=True)
-                break
-            print(f"{variant}...", flush=True)
-            # Each variant compiles from an empty Inductor cache, except "serving", which starts
-            # on the cache that "compile" (the same settings) left, as a replica on an artifact.
-            name = "compile" if variant == SERVING else variant
-            rows.append(run_variant(variant, args, f"{caches}/{name}"))
-            if args.output:  # after each variant: a run cut short keeps what it measured
-                with open(args.output, "w") as handle:
-                    json.dump(rows, handle, indent=2)
+    deadline = time.monotonic() + args.deadline_s
+    # One cache for every variant: what one compiled ("serving" has "compile"'s settings, as a
+    # replica on an artifact) the next finds, and so does the next run given this folder.
+    cache = cache_folder(args)
+    cache.mkdir(parents=True, exist_ok=True)
+    for variant in args.variants:
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            print(f"deadline reached: {variant} and after not run", flush=True)
+            break
+        print(f"{variant}...", flush=True)
+        rows.append(run_variant(variant, args, cache, timeout_s=left_s))
+        if args.output:  # after each variant: a run cut short keeps what it measured
+            with open(args.output, "w") as handle:
+                json.dump(rows, handle, indent=2)
     print(table(rows, args.batch_sizes))
+    print(f"Inductor cache: {cache} ({folder_mib(cache):.1f} MiB)")
     return 0 if all("error" not in row for row in rows) else 1
 
 

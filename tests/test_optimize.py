@@ -174,6 +174,22 @@ def test_with_compile_cache_miss_eager_a_foreign_cache_serves_uncompiled(tmp_pat
     assert not prepared.generator.compiled
 
 
+@pytest.mark.slow
+def test_a_machine_where_torch_compile_fails_serves_uncompiled_at_once(tmp_path):
+    """No working C++ compiler (CXX names one that always fails; nothing is patched): the
+    start-up's one-kernel smoke test fails in seconds, and the replica serves uncompiled."""
+    settings = ModelSettings(model="tiny", device="cpu", compile=True, warmup_sizes=[64])
+    result, _ = run_fresh(
+        "loadtest.bench_startup:start",
+        settings.model_dump(),
+        env={"CXX": "false", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "empty-cache")},
+        timeout_s=300,
+    )
+    assert result["compile"] == "fallback"
+    assert result["fxgraph_cache"] == {"hits": 0, "misses": 0}  # nothing compiled after it
+    assert result["first_image_s"] > 0  # and an image was made, uncompiled
+
+
 # --- the fast path's switches and batch padding ---------------------------------------------
 
 
@@ -231,7 +247,7 @@ def test_gpu_benchmark_smoke_runs_its_variants_on_cpu(tmp_path):
         "--model",
         "tiny",
         "--variants",
-        "eager,taesd,image_to_image,serving",
+        "eager,taesd,image_to_image,serving,serving_http",
         "--batch-buckets",
         "1,2",
         "--size",
@@ -242,12 +258,20 @@ def test_gpu_benchmark_smoke_runs_its_variants_on_cpu(tmp_path):
         "compile=false",  # the serving row compiles by default: minutes on this CPU
         "--output",
         str(output),
+        env={"RAY_ADDRESS": "local"},  # serving_http: a Ray cluster of its own
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "b1 p50 ms" in proc.stdout and "img/s b2" in proc.stdout
+    # One Inductor cache for every variant, kept beside the results for the next run.
+    assert f"Inductor cache: {tmp_path / 'gpu-inductor-cache'}" in proc.stdout
+    assert (tmp_path / "gpu-inductor-cache").is_dir()
     assert "VAE decode at batch 1, eager vs taesd" in proc.stdout
     rows = json.loads(output.read_text())
-    assert [row["variant"] for row in rows] == ["eager", "taesd", "image_to_image", "serving"]
+    variants = ["eager", "taesd", "image_to_image", "serving", "serving_http"]
+    assert [row["variant"] for row in rows] == variants, rows
+    http = rows.pop()  # the app through Serve and HAProxy: PNG bytes out, every request a 200
+    assert http["lone_http_ms_p50"] > 0 and http["statuses"] == {"200": http["clients"] * 2}
+    assert http["mean_batch"] > 1  # 32 clients on max_batch_size 2: batches fill
     serving = rows.pop()
     assert serving["mean_batch"] > 1  # 32 clients on max_batch_size 2: batches fill
     assert 0 < serving["lone_outside_ms_p50"] < serving["lone_inference_ms_p50"]
@@ -260,6 +284,22 @@ def test_gpu_benchmark_smoke_runs_its_variants_on_cpu(tmp_path):
         assert set(stages) == expected
         assert all(ms > 0 for ms in stages.values())
         assert row["batches"]["2"]["images_per_s"] > 0
+
+
+def test_gpu_benchmark_stops_a_running_variant_at_its_deadline(tmp_path):
+    """The deadline is the whole run's: a variant still running then is stopped (a fresh
+    process importing torch and diffusers takes seconds), the next is not started, and the
+    rows written say so."""
+    output = tmp_path / "gpu.json"
+    proc = run_module(
+        "loadtest.bench_gpu", "--device", "cpu", "--model", "tiny", "--variants", "eager,taesd",
+        "--batch-buckets", "1", "--size", "64", "--iters", "1", "--deadline-s", "1",
+        "--output", str(output),
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (row,) = json.loads(output.read_text())
+    assert row["variant"] == "eager" and row["error"].startswith("stopped at the deadline")
+    assert "deadline reached: taesd and after not run" in proc.stdout
 
 
 def test_cli_help_lists_the_build_options():
@@ -329,6 +369,26 @@ def test_compiled_artifact_ships_its_cache_and_shapes(compiled_artifact):
     assert cache["artifacts"].get("inductor", 0) >= 3
     assert any((compiled_artifact / compile_cache.KERNELS_NAME).rglob("*.so"))
     assert manifest["serve_settings"]["batch_buckets"] == [1]
+
+
+@pytest.mark.slow
+def test_a_cache_built_under_another_driver_loads_and_says_so(
+    compiled_artifact, tmp_path, monkeypatch, caplog
+):
+    """Driver, ptxas, diffusers and Inductor flags do not block the cache (torch, triton, the
+    device and CUDA do): it loads, and the log names each difference."""
+    folder = tmp_path / "artifact"
+    shutil.copytree(compiled_artifact, folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["environment"].update(driver="535.54.03", diffusers="0.30.0")
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with caplog.at_level(logging.WARNING, logger="sdturbo"):
+        loaded, message = compile_cache.load(folder, torch.device("cpu"))
+    assert loaded, message
+    (warning,) = [r.getMessage() for r in caplog.records if "built elsewhere" in r.getMessage()]
+    assert "driver (artifact: 535.54.03, here: " in warning
+    assert "diffusers (artifact: 0.30.0, here: " in warning
 
 
 @pytest.mark.slow
