@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ import time
 import numpy as np
 from PIL import Image
 
+from loadtest import loadgen
 from serve_app.pipeline import encoding
 
 
@@ -93,19 +93,17 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    result = run(args.repeats)
-    print(report(result))
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
-    return 0
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return loadgen.benchmark_main(parser, lambda o: run(o.repeats), report, argv)
 
 
 if __name__ == "__main__":

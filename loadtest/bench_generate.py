@@ -19,10 +19,11 @@ and syncs dominate, come from ``loadtest.bench_gpu`` on a lent GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
+
+from loadtest import loadgen
 
 
 def timed(call, repeats: int) -> float:
@@ -99,7 +100,7 @@ def report(r: dict) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -109,13 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--output", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    result = run(args.model, args.size, args.batch, args.steps, args.repeats)
-    print(report(result))
-    if args.output:
-        with open(args.output, "w") as handle:
-            json.dump(result, handle, indent=2)
-    return 0
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    def run_options(o: argparse.Namespace) -> dict:
+        return run(o.model, o.size, o.batch, o.steps, o.repeats)
+
+    return loadgen.benchmark_main(parser, run_options, report, argv)
 
 
 if __name__ == "__main__":
