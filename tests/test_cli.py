@@ -157,6 +157,9 @@ def serve_and_drain(port: int, tmp_path) -> None:
         # SIGTERM while requests are in flight: every accepted request completes, new ones are
         # refused, and the process exits before SageMaker's SIGKILL 30 s later.
         slow = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 4}
+        # One alone first: admission then knows this size's cost, not only the 64x64 one's
+        # (serve_app/engine/admission.py), and admits all four below whatever the machine's speed.
+        assert requests.post(url + "/predict", json=slow, timeout=60).status_code == 200
         with ThreadPoolExecutor(4) as pool:
             in_flight = [
                 pool.submit(requests.post, url + "/predict", json=slow, timeout=60)

@@ -12,6 +12,7 @@ import pytest
 from loadtest.fakes import FixedCostBackend
 from serve_app.config import BatchConfig
 from serve_app.engine import Engine
+from serve_app.engine.admission import CostModel
 from serve_app.engine.errors import (
     InvalidRequest,
     ModelUnavailable,
@@ -167,6 +168,35 @@ def test_a_request_that_could_not_finish_in_time_is_refused_not_timed_out():
     assert not any(isinstance(o, TimedOut) for o in outcomes), outcomes
     assert any(isinstance(o, Overloaded) for o in outcomes)
     assert "timeout" in str(next(o for o in outcomes if isinstance(o, Overloaded)))
+
+
+def test_the_cost_model_separates_a_calls_fixed_part_from_its_work():
+    costs = CostModel()
+    costs.observe(1.0, 0.25)
+    assert costs.seconds(4.0, calls=1) == pytest.approx(1.0)  # one size seen: all of it scales
+    for units in (0.01, 1.0, 0.01, 2.0):
+        costs.observe(units, 0.05 + 0.2 * units)  # later calls outweigh the first
+    # Exact on affine costs: 3 calls of 1.5 units each, not 4.5 x the small calls' ratio (~5 s).
+    assert costs.seconds(4.5, calls=3) == pytest.approx(3 * 0.05 + 0.2 * 4.5, rel=0.05)
+
+
+def test_after_small_calls_a_burst_of_large_ones_that_fits_the_timeout_is_admitted():
+    """A call's fixed part weighs most on a small image: a ratio learned on small calls would
+    see this burst as 25 s of work against a 4 s timeout and shed it; it takes ~1 s."""
+    large = {"width": 256, "height": 256, "num_images": 4}
+
+    async def main():
+        e = await ready(
+            engine(FixedCostBackend(base_s=0.05, per_image_s=0.02), timeout_s=4, max_batch_size=4)
+        )
+        await e.generate(request())
+        await e.generate(request(**large))  # the engine has seen both sizes
+        return await asyncio.gather(
+            *(e.generate(request(**large)) for _ in range(8)), return_exceptions=True
+        )
+
+    outcomes = run(main())
+    assert not [o for o in outcomes if isinstance(o, Exception)], outcomes
 
 
 def test_a_timed_out_request_leaves_the_queue_and_the_engine_goes_on():

@@ -227,12 +227,14 @@ class Engine:
             return ShuttingDown("the server is shutting down; retry elsewhere")
         if self.lifecycle == FAILED:
             return ModelUnavailable(f"the model failed to load ({self.failure})")
+        images = self._queue.images + (request.num_images if request is not None else 0)
         return self._admission.refusal(
             len(self._queue),
             self._queue.units,
             self.config.max_queued_requests,
             self.request_timeout_s,
-            cost_units(request) if request is not None else 0.0,
+            calls=-(-images // self.config.max_batch_size),  # at least; more when sizes differ
+            extra=cost_units(request) if request is not None else 0.0,
         )
 
     def _admit(self, request: GenerateRequest) -> None:

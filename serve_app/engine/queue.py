@@ -23,17 +23,14 @@ class BatchQueue:
 
     def __init__(self):
         self._jobs: deque[Job] = deque()
-        self.units = 0.0  # cost units waiting, kept current: read per request, never summed
+        # Cost units and images waiting, kept current: read per request (and by the metrics
+        # sampler's thread), never summed then.
+        self.units = 0.0
+        self.images = 0
         self._changed: asyncio.Event | None = None  # made in the loop that waits on it
 
     def __len__(self) -> int:
         return len(self._jobs)
-
-    @property
-    def images(self) -> int:
-        # A copy first (one C call, atomic under the GIL): the metrics sampler reads this from
-        # its own thread while the event loop appends.
-        return sum(job.images for job in list(self._jobs))
 
     def _event(self) -> asyncio.Event:
         if self._changed is None:
@@ -43,6 +40,7 @@ class BatchQueue:
     def put(self, job: Job) -> None:
         self._jobs.append(job)
         self.units += cost_units(job.request)
+        self.images += job.images
         self._event().set()
 
     def notify(self) -> None:
@@ -60,6 +58,7 @@ class BatchQueue:
     def _recount(self) -> None:
         # Recomputed, not decremented: float drift never accumulates.
         self.units = sum(cost_units(job.request) for job in self._jobs)
+        self.images = sum(job.images for job in self._jobs)
 
     def take(self, max_images: int) -> list[Job]:
         """The head job and every later job of its key that fits, in arrival order."""

@@ -370,6 +370,10 @@ def test_sigterm_completes_in_flight_requests_refuses_new_ones_and_exits_0(plain
     """`podman stop` is what SageMaker does: SIGTERM, then SIGKILL 30 s later."""
     # Enough work to still be running when SIGTERM arrives: 8 requests x 4 images x 4 steps.
     slow = {**REQUEST, "width": 256, "height": 256, "num_inference_steps": 4, "num_images": 4}
+    # One alone first: admission then knows this size's cost, not only the 64x64 one's
+    # (serve_app/engine/admission.py), and admits all eight below whatever the machine's speed
+    # (learnt from 64x64 calls alone, a loaded host's estimate once shed two of them).
+    assert plain_server.invoke(json=slow).status_code == 200
     with ThreadPoolExecutor(max_workers=8) as pool:
         in_flight = [pool.submit(plain_server.invoke, json=slow) for _ in range(8)]
         # Every request accepted (one replica: /ping counts them) before SIGTERM, not a guess,
