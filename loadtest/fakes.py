@@ -54,7 +54,7 @@ class FixedCostBackend:
     def explain(self, error: BaseException) -> str:
         return str(error)
 
-    def check(self, request: GenerateRequest) -> None:
+    def check(self, request: GenerateRequest, uncompiled: str) -> None:
         pass
 
     def generate(self, batch: ImageBatch) -> Generated:

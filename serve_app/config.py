@@ -49,8 +49,8 @@ IntList = Annotated[list[Annotated[int, Field(ge=1)]], BeforeValidator(parse_int
 
 
 class BatchConfig(BaseModel):
-    """The queue and batch knobs: Serve's ``user_config``, applied in ``reconfigure()`` at run
-    time without reloading the model."""
+    """The queue, batch and admission knobs: Serve's ``user_config``, applied in
+    ``reconfigure()`` at run time without reloading the model."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -69,6 +69,12 @@ class BatchConfig(BaseModel):
         le=100_000,
         description="Requests waiting for the model beyond this get 503 at once; so does one "
         "that would not start before its timeout at the measured speed.",
+    )
+    uncompiled: Literal["eager", "reject"] = Field(
+        "eager",
+        description="With compile, a request for a size (or guidance) outside the compiled set: "
+        "'eager' runs it on the uncompiled modules, 'reject' answers 422 naming the compiled "
+        "sizes. Either way no request compiles.",
     )
 
 
@@ -178,12 +184,6 @@ class ModelSettings(CompileSettings):
         description="Starts of the model a replica tries (a growing pause between them) before "
         "it stays failed: /ping 503 with the reason, and sdturbo serve and serve run exit "
         "with it. huggingface_hub already retries a download 5 times (~45 s) within each.",
-    )
-    uncompiled: Literal["eager", "reject"] = Field(
-        "eager",
-        description="With compile, a request for a size (or guidance) outside the compiled set: "
-        "'eager' runs it on the uncompiled modules, 'reject' answers 422 naming the compiled "
-        "sizes. Either way no request compiles.",
     )
 
     @model_validator(mode="after")

@@ -15,14 +15,24 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# One OpenMP thread per process, for this process and every one it starts (servers, builds,
+# benchmarks; Ray's replicas get one per CPU they reserve anyway). Two pytest-xdist workers
+# already fill the two cores: with torch's default of a thread per core, each process's
+# OpenMP threads spin-wait for the other's, and the suite's CPU time nearly doubles (the
+# tiny-model tests: 69 CPU-s with the default, 42 with one thread). Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 import requests
+import torch
 
 from loadtest.fakes import FixedCostBackend
 from serve_app.config import AppArgs, BatchConfig
 from serve_app.engine import Engine
 from serve_app.models.tiny import ensure_tiny_model
 from serve_app.ports import reserved_port
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # if a plugin loaded torch first
 
 # Replicas report their metrics every second (Ray's default: 10 s), so tests wait less.
 os.environ.setdefault("RAY_metrics_report_interval_ms", "1000")
@@ -31,25 +41,28 @@ REPO = Path(__file__).resolve().parents[1]
 
 # pytest-xdist (pyproject's addopts: -n 2 --dist loadgroup --no-loadscope-reorder). A group's
 # tests run on one worker, in order:
-# - "ray": the tests that start Ray (the shared `server`, or clusters of their own), one cluster
-#   at a time, first, on one worker; the other worker runs everything else beside it.
+# - "ray": the tests on the shared `server` (Ray in the worker's own process), first.
+# - "clusters": the command-line tests, each starting a server (and its Ray cluster) of its own
+#   as a subprocess, one at a time (two `serve run`s would both want Ray's dashboard port).
 # - "deployment": the tests on terraform's applied stack (tests/infra/conftest.py's session
 #   fixture, one apply against moto instead of one per worker).
 # - every other test: its module's group, so module-scoped fixtures are built on one worker.
 # What tests on both workers need (the compiled artifact, the client venv) is built once per run
 # (``built_once``). Groups are queued longest first (LONGEST, from `pytest --durations`), so
 # no long group starts last while the other worker idles.
-RAY_MODULES = {"test_cli.py", "test_startup_failures.py", "test_metrics.py"}
-LONGEST = ["ray", "deployment", "tests/test_optimize.py", "tests/container/test_image.py"]
+CLUSTER_MODULES = {"test_cli.py", "test_startup_failures.py"}
+LONGEST = [
+    "ray", "tests/test_optimize.py", "deployment", "tests/container/test_image.py", "clusters"
+]  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which turns the groups into node ids
 def pytest_collection_modifyitems(config, items):
     def group(item) -> str:
-        if "server" in item.fixturenames or (
-            item.path.name in RAY_MODULES and item.get_closest_marker("integration") is not None
-        ):
+        if "server" in item.fixturenames:
             return "ray"
+        if item.path.name in CLUSTER_MODULES and item.get_closest_marker("integration"):
+            return "clusters"
         if "deployment" in item.fixturenames:
             return "deployment"
         return str(item.path.relative_to(config.rootpath))
@@ -58,13 +71,15 @@ def pytest_collection_modifyitems(config, items):
     for item, name in groups.items():
         item.add_marker(pytest.mark.xdist_group(name))
 
-    # Stable: collection order within a group and among the short ones. In the Ray group the
-    # tests on the compiled artifact come last: by then another worker has built it (its
-    # module's group is queued early), so the Ray worker never waits for the build.
-    def order(item) -> tuple[int, bool]:
+    # Stable: collection order within a group and among the short ones. The compiled artifact
+    # is built by the first test that needs it in tests/test_optimize.py's group (queued
+    # second, so on the other worker from the start); the Ray group's tests on it come last,
+    # when it is built, so the Ray worker never waits for the build.
+    def order(item) -> tuple[int, int]:
         name = groups[item]
-        return LONGEST.index(name) if name in LONGEST else 99, "compiled_artifact" in (
-            item.fixturenames
+        compiled = "compiled_artifact" in item.fixturenames
+        return LONGEST.index(name) if name in LONGEST else 99, compiled if name == "ray" else (
+            -compiled
         )
 
     items.sort(key=order)

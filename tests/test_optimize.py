@@ -417,7 +417,9 @@ def test_a_fresh_process_starts_from_the_cache_without_compiling_anew(compiled_a
 def artifact_server(compiled_artifact, server):
     from ray import serve
 
-    app = deploy_app(server, "artifact", model=str(compiled_artifact), device="cpu", **COMPILED)
+    app = deploy_app(
+        server, "artifact", version="v1", model=str(compiled_artifact), device="cpu", **COMPILED
+    )
     yield app
     serve.delete("artifact")
 
@@ -468,21 +470,22 @@ def test_no_request_ever_compiles(artifact_server, server):
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_the_reject_policy_names_the_compiled_sizes(compiled_artifact, server):
+def test_the_reject_policy_names_the_compiled_sizes_and_applies_live(
+    artifact_server, compiled_artifact, server
+):
+    """``uncompiled`` is a ``user_config`` knob: switched on the running replica (same process,
+    model not loaded again), then back."""
     from ray import serve
 
-    strict = deploy_app(
-        server,
-        "compiled-only",
-        model=str(compiled_artifact),
-        device="cpu",
-        uncompiled="reject",
-        **COMPILED,
-    )
-    try:
-        refused = strict.predict(width=128, height=128)
-        assert refused.status_code == 422
-        assert "64x64 with guidance_scale <= 1" in refused.json()["error"]["message"]
-        assert strict.predict(width=64, height=64).status_code == 200
-    finally:
-        serve.delete("compiled-only")
+    model = serve.get_deployment_handle("SDTurboModel", app_name="artifact")
+    before = model.info.remote().result()
+    args = {"model": str(compiled_artifact), "device": "cpu", **COMPILED}
+    strict = deploy_app(server, "artifact", version="v1", uncompiled="reject", **args)
+    after = model.info.remote().result()
+    assert (after["pid"], after["startup_timings"]) == (before["pid"], before["startup_timings"])
+    refused = strict.predict(width=128, height=128)
+    assert refused.status_code == 422
+    assert "64x64 with guidance_scale <= 1" in refused.json()["error"]["message"]
+    assert strict.predict(width=64, height=64).status_code == 200
+    deploy_app(server, "artifact", version="v1", **args)
+    assert strict.predict(width=128, height=128).status_code == 200

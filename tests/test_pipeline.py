@@ -159,15 +159,13 @@ def test_static_shapes_and_the_reject_policy(tiny_model_dir):
     assert shapes.covers(512, 512, 0.0)
     assert not shapes.covers(512, 512, 2.0)  # guidance doubles the UNet batch
     assert not shapes.covers(256, 256, 0.0) and not shapes.covers(512, 256, 0.0)
-    backend = DiffusersBackend(
-        ModelSettings(model=str(tiny_model_dir), device="cpu", uncompiled="reject")
-    )
-    backend.check(GenerateRequest(prompt="x", width=256, height=256))  # not loaded: no shapes
+    backend = DiffusersBackend(ModelSettings(model=str(tiny_model_dir), device="cpu"))
+    small = GenerateRequest(prompt="x", width=256, height=256)
+    backend.check(small, "reject")  # not loaded: no shapes
     backend.prepared = type("Loaded", (), {"generator": type("G", (), {"shapes": shapes})})
-    backend.check(GenerateRequest(prompt="x", width=512, height=512))
+    backend.check(GenerateRequest(prompt="x", width=512, height=512), "reject")
     with pytest.raises(InvalidRequest, match="512x512 with guidance_scale <= 1"):
-        backend.check(GenerateRequest(prompt="x", width=256, height=256))
-    backend.settings = backend.settings.model_copy(update={"uncompiled": "eager"})
-    backend.check(GenerateRequest(prompt="x", width=256, height=256))
+        backend.check(small, "reject")
+    backend.check(small, "eager")
     assert backend.is_out_of_memory(torch.OutOfMemoryError("x"))
     assert not backend.is_out_of_memory(RuntimeError("x"))

@@ -40,10 +40,11 @@ class DiffusersBackend:
             return self.prepared.generator.shapes
         return StaticShapes()
 
-    def check(self, request: GenerateRequest) -> None:
+    def check(self, request: GenerateRequest, uncompiled: str) -> None:
+        """``uncompiled``: the live policy (``BatchConfig``) for shapes outside the fast path."""
         shapes = self.static_shapes
         if (
-            self.settings.uncompiled == "reject"
+            uncompiled == "reject"
             and shapes.sizes
             and not shapes.covers(request.width, request.height, request.guidance_scale)
         ):

@@ -208,6 +208,9 @@ def compiled_artifact(image, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("compiled")
     podman(
         "run", "--rm", "--network=none", "--volume", f"{out}:/out", "--entrypoint", "python",
+        # One thread, as every process of the test run (tests/conftest.py): the other worker
+        # fills the second core.
+        "--env=OMP_NUM_THREADS=1",
         image, "-m", "optimize", "build", "--model", "tiny", "--device", "cpu",
         "--output", "/out/model", "--compile", "--compile-mode", "default",
         "--warmup-sizes", "64", "--batch-buckets", "1",
