@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import wait_until_all_arrived
+from tests.conftest import wait_for, wait_until_all_arrived
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SDTURBO_TEST_IMAGE", "localhost/sdturbo:cpu")
@@ -389,9 +389,19 @@ def test_sigterm_completes_in_flight_requests_refuses_new_ones_and_exits_0(plain
             podman("stop", "--time", "30", plain_server.name, timeout=60)
             stopped["after_s"] = time.monotonic() - start
 
+        def draining() -> bool:
+            try:
+                return requests.get(plain_server.url + "/ping", timeout=5).status_code == 503
+            except requests.ConnectionError:
+                return True  # already closed: refused either way
+            except requests.Timeout:
+                return False
+
         stopper = threading.Thread(target=stop)
         stopper.start()
-        time.sleep(0.5)
+        # SIGTERM has arrived when /ping says so: podman delivers it in its own time (a fixed
+        # 0.5 s was once too short on a loaded host, and the late request was served).
+        wait_for(draining, timeout_s=30)
         late_status = None
         with contextlib.suppress(requests.ConnectionError):
             late_status = plain_server.invoke(json=REQUEST).status_code
