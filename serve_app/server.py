@@ -244,15 +244,24 @@ def exit_when_the_model_fails(poll_s: float = 1.0) -> None:
             except Exception:  # Serve not up yet, or shutting down
                 continue
             if reason is not None:
+                # From here on nothing else is printed: what Ray streams while it stops, and
+                # the traceback `serve run`'s main thread prints when Serve goes away under a
+                # deployment it still waits for (a loaded host showed one), go to /dev/null.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                stderr = os.dup(2)
+                quiet = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(quiet, 1)
+                os.dup2(quiet, 2)
                 with contextlib.suppress(Exception):
                     serve.shutdown()
-                # Stop Ray, so no log line it streams comes after ours (bounded: we exit anyway).
+                # Stop Ray, bounded: we exit anyway.
                 stopper = threading.Thread(target=ray.shutdown, daemon=True)
                 stopper.start()
                 stopper.join(timeout=15)
-                # On stderr, where Ray's own lines go: the last line whatever the streams' order.
-                print(f"sdturbo: error: the model failed to start: {reason}", file=sys.stderr)
-                sys.stderr.flush()
+                # On stderr, where Ray's own lines go: the last line.
+                line = f"sdturbo: error: the model failed to start: {reason}\n"
+                os.write(stderr, line.encode())
                 os._exit(1)
 
     threading.Thread(target=watch, name="sdturbo-watch", daemon=True).start()

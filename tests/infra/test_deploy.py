@@ -312,8 +312,8 @@ def test_session_lengths_cover_the_longest_wait():
     assert max_session >= role_s
 
 
-def test_a_too_long_deployment_timeout_is_refused(deployment):
-    refused = deployment.refused_plan(f"-var=image_tag={SHA2}", "-var=deployment_timeout_s=5400")
+def test_a_too_long_deployment_timeout_is_refused(refused_plan):
+    refused = refused_plan(f"-var=image_tag={SHA2}", "-var=deployment_timeout_s=5400")
     assert "provider stops waiting for InService after 60 minutes" in refused
 
 
@@ -371,7 +371,7 @@ def test_alarms_watch_errors_latency_and_the_async_queue(deployment, out):
 
 def test_the_model_name_follows_image_artifact_and_environment(deployment, out):
     image = f"-var=image_tag={SHA2}"
-    still = changes(deployment.plan(image))
+    still = deployment.plan_changes(image)
     assert still == {}, f"a second plan of the same release is not empty: {still}"
     # Once "second" is verified it is the live release: the next plan (the workflow reads the
     # live releases first) removes the release kept for it, and nothing else.
@@ -381,7 +381,7 @@ def test_the_model_name_follows_image_artifact_and_environment(deployment, out):
         "AWS_ENDPOINT_URL": deployment.moto.url,
     }
     ok(run(workflow_command("plan", "Read what the endpoints serve now"), deployment.stack, env))
-    cleanup = changes(deployment.plan(image))
+    cleanup = deployment.plan_changes(image)
     kept = set(out["release"]["sync"]["kept_configs"] + out["release"]["async"]["kept_configs"])
     assert {re.search(r'\["(.+)"\]', a)[1] for a in cleanup if "configuration" in a} == kept
     assert set(map(tuple, cleanup.values())) == {("delete",)}
@@ -393,7 +393,7 @@ def test_the_model_name_follows_image_artifact_and_environment(deployment, out):
             "-refresh=false", image, '-var=container_environment={SDTURBO_MAX_BATCH_SIZE="4"}',
         ),
     }.items():  # fmt: skip
-        planned_actions = changes(deployment.plan(*args))
+        planned_actions = deployment.plan_changes(*args)
         new_models = [a for a, act in planned_actions.items()
                       if a.startswith("aws_sagemaker_model.") and act == ["create"]]  # fmt: skip
         assert len(new_models) == 2, (change, planned_actions)  # one per endpoint
@@ -407,7 +407,9 @@ def test_the_model_name_follows_image_artifact_and_environment(deployment, out):
     assert all(re.fullmatch(r"sdturbo-async-[0-9a-f]{8}-[0-9a-f]{10}", n) for n in names.values())
 
 
-def test_the_container_knows_its_endpoint_variant_and_metrics_namespace(deployment, out):
+def test_the_container_knows_its_endpoint_variant_and_metrics_namespace(
+    deployment, out, refused_plan
+):
     sm = deployment.client("sagemaker")
     for kind in ("sync", "async"):
         environment = sm.describe_model(ModelName=out["model_names"][kind])["PrimaryContainer"][
@@ -418,7 +420,7 @@ def test_the_container_knows_its_endpoint_variant_and_metrics_namespace(deployme
             "SDTURBO_VARIANT_NAME": "AllTraffic",
             "SDTURBO_METRICS_NAMESPACE": "SDTurbo",
         }
-    refused = deployment.refused_plan(
+    refused = refused_plan(
         f"-var=image_tag={SHA2}", '-var=container_environment={SDTURBO_ENDPOINT_NAME="x"}'
     )
     assert "Terraform sets them" in refused
@@ -434,7 +436,7 @@ def test_no_interface_endpoint_without_a_caller_in_the_vpc(deployment, out):
     }
 
 
-def test_artifacts_live_under_versioned_immutable_prefixes(deployment, out):
+def test_artifacts_live_under_versioned_immutable_prefixes(deployment, out, refused_plan):
     bucket = out["bucket"]
     sm = deployment.client("sagemaker")
     model = out["model_names"]["sync"]
@@ -461,15 +463,15 @@ def test_artifacts_live_under_versioned_immutable_prefixes(deployment, out):
     assert f"arn:aws:s3:::{bucket}/models/*" in allowed["s3:GetObject"]
     assert not any("models/" in r for r in allowed.get("s3:PutObject", ()))
     # The seed's fixed, overwritable prefix is refused.
-    refused = deployment.refused_plan(f"-var=image_tag={SHA2}", "-var=model_artifact=model/")
+    refused = refused_plan(f"-var=image_tag={SHA2}", "-var=model_artifact=model/")
     assert "model_artifact must be models/<version>/" in refused
 
 
-def test_both_variants_run_a_cuda_12_inference_ami(deployment):
+def test_both_variants_run_a_cuda_12_inference_ami(deployment, refused_plan):
     for kind in ("sync", "async"):
         variant = deployment.endpoint_configs["second"][kind]["ProductionVariants"][0]
         assert variant["InferenceAmiVersion"] == "al2-ami-sagemaker-inference-gpu-3-1", kind
-    refused = deployment.refused_plan(
+    refused = refused_plan(
         f"-var=image_tag={SHA2}", "-var=inference_ami_version=al2-ami-sagemaker-inference-gpu-9"
     )
     assert "inference_ami_version must be a GPU inference AMI" in refused
@@ -686,8 +688,8 @@ def test_async_endpoint_config_and_the_bucket(deployment, out):
     assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
 
 
-def test_a_mutable_image_tag_is_refused(deployment):
-    assert "commit SHA" in deployment.refused_plan("-var=image_tag=latest")
+def test_a_mutable_image_tag_is_refused(refused_plan):
+    assert "commit SHA" in refused_plan("-var=image_tag=latest")
 
 
 def test_autoscaling_wakes_from_zero_and_a_tarball_artifact_plans(deployment, out):
