@@ -4,7 +4,9 @@ The ``deployment`` fixture walks infra/README.md's path once per session against
 the bootstrap from the committed production.tfvars, an artifact version written into it (as
 ``python -m optimize sagemaker-build --tfvars`` does), the deploy workflow's own plan command,
 the apply job's ``terraform apply tfplan``, then a second deploy (new image, new artifact) the
-same way. Tests read what it recorded (plans as JSON) and what moto holds.
+same way. Tests read what it recorded (plans as JSON) and what moto holds. Its terraform
+commands share one AWS provider process (``provider_server``); a refused plan runs on
+variables.tf alone (``refused_plan``).
 
 The tools are real and must be installed (terraform on PATH; checkov and friends in
 .venv-tools/bin; moto_server from the dev extra): a missing tool fails the test, never skips it.
@@ -12,8 +14,10 @@ The tools are real and must be installed (terraform on PATH; checkov and friends
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -335,6 +339,31 @@ class Deployment:
         return self.plan_json(out)
 
 
+@contextlib.contextmanager
+def provider_server(stack: Path, env: dict[str, str], log: Path) -> Iterator[str]:
+    """The stack's AWS provider (the one ``terraform init`` installed) started once, as a
+    server terraform reattaches to (TF_REATTACH_PROVIDERS, terraform's mechanism for a
+    provider it did not start): each command otherwise starts the 700 MB binary anew, one to
+    three times, 2-3 s each on 2 cores, some thirty commands. Yields the variable's value."""
+    # .terraform/providers/<host>/<namespace>/aws/<version>/<os_arch>/, a link into a mirror
+    providers = stack / ".terraform" / "providers"
+    binary = next(providers.glob("*/*/aws/*/*/terraform-provider-aws*"))
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [binary, "-debug"], stdout=out, stderr=subprocess.STDOUT, env=env, cwd=stack
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while (found := re.search(r"TF_REATTACH_PROVIDERS='(.+)'", log.read_text())) is None:
+            assert proc.poll() is None, f"the provider exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"the provider never listened: {log}"
+            time.sleep(0.1)
+        yield found[1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def snapshot_endpoint_configs(deployment: Deployment, outputs: dict) -> dict:
     sm = deployment.client("sagemaker")
     configs = {}
@@ -453,20 +482,22 @@ def deployment(tf_env, tmp_path_factory, moto) -> Iterator[Deployment]:
     set_tfvars(stack / "production.tfvars", TEST_SETTINGS)
     d = Deployment(moto, stack, tf_env)
     d.terraform("init", "-input=false", "-lockfile=readonly")
+    with provider_server(stack, tf_env, folder / "provider.log") as reattach:
+        d.env = {**tf_env, "TF_REATTACH_PROVIDERS": reattach}
 
-    # 2. Bootstrap, as the README says: the committed tfvars, nothing else.
-    d.terraform("plan", "-var-file=production.tfvars", "-out=bootstrap.plan")
-    d.plans["bootstrap"] = d.plan_json("bootstrap.plan")
-    d.terraform("apply", "bootstrap.plan", timeout=420)
-    d.outputs["bootstrap"] = d.output_values()
+        # 2. Bootstrap, as the README says: the committed tfvars, nothing else.
+        d.terraform("plan", "-var-file=production.tfvars", "-out=bootstrap.plan")
+        d.plans["bootstrap"] = d.plan_json("bootstrap.plan")
+        d.terraform("apply", "bootstrap.plan", timeout=420)
+        d.outputs["bootstrap"] = d.output_values()
 
-    # 6. The artifact build wrote its version into the tfvars (the job itself is tested in
-    # test_sagemaker_job.py); 7. the deploy workflow, release after release.
-    release(d, "deploy", SHA, ARTIFACT)
-    scale(d, {"sync": 3, "async": 0})
-    set_alarm(d, FAILING_ALARM, "ALARM")
-    release(d, "rolled-back", SHA3, ARTIFACT3)
-    set_alarm(d, FAILING_ALARM, "OK")
-    scale(d, {"async": 0})
-    release(d, "second", SHA2, ARTIFACT2)
-    yield d
+        # 6. The artifact build wrote its version into the tfvars (the job itself is tested in
+        # test_sagemaker_job.py); 7. the deploy workflow, release after release.
+        release(d, "deploy", SHA, ARTIFACT)
+        scale(d, {"sync": 3, "async": 0})
+        set_alarm(d, FAILING_ALARM, "ALARM")
+        release(d, "rolled-back", SHA3, ARTIFACT3)
+        set_alarm(d, FAILING_ALARM, "OK")
+        scale(d, {"async": 0})
+        release(d, "second", SHA2, ARTIFACT2)
+        yield d
