@@ -426,14 +426,15 @@ def release(deployment: Deployment, name: str, image: str, artifact: str) -> Non
 @pytest.fixture(scope="session")
 def refused_plan(tf_env, tmp_path_factory):
     """``refused_plan(*args)``: the error output of a plan of infra/ with the committed tfvars
-    and ``args``, which must be refused by a variable's validation; the same plan without the
-    last argument must pass, so the refusal is that argument's. Validation reads only
-    variables.tf: the plan runs on it alone, with no provider and no state (a plan of the
-    deployed stack takes 7-8 s on 2 cores, this one a fraction of a second)."""
+    (the test values written in, as the deployment's) and ``args``, which must be refused by a
+    variable's validation; the same plan without the last argument must pass, so the refusal is
+    that argument's. Validation reads only variables.tf: the plan runs on it alone, with no
+    provider and no state (a plan of the deployed stack takes 7-8 s on 2 cores, this one a
+    fraction of a second)."""
     folder = tmp_path_factory.mktemp("variables")
     for name in ("variables.tf", "production.tfvars"):
         shutil.copy2(INFRA / name, folder)
-    set_tfvars(folder / "production.tfvars", TEST_SETTINGS)  # as the deployment's
+    set_tfvars(folder / "production.tfvars", TEST_SETTINGS)
 
     def plan(*args: str) -> subprocess.CompletedProcess:
         # image_tag set needs model_artifact set (a release names both).
